@@ -1,0 +1,305 @@
+"""One decoder-only transformer for the GPT-2 and Llama families, with a KV cache.
+
+Parameter names follow the Llama layout (q/k/v/o projections, gate/up/down MLP) so that
+weight import and export are plain renames; GPT-2's fused c_attn is split on import.
+RoPE uses the "rotate half" convention of Hugging Face's Llama (GGUF files store q/k
+permuted for the interleaved convention; the GGUF importer undoes that).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ModelConfig
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer.
+
+    All rows share one write position `pos`; rows that start later (left padding, or a
+    request that joins a running batch) mark their unused slots invalid in `valid`.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.max_len = max_len
+        self.pos = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    def reserve(self, n: int, valid: torch.Tensor | None) -> None:
+        """Called once per forward before the layers write `n` new positions."""
+        if self.pos + n > self.max_len:
+            raise ValueError(f"KV cache full: {self.pos} + {n} tokens > capacity {self.max_len}")
+        self.valid[:, self.pos : self.pos + n] = True if valid is None else valid.to(torch.bool)
+
+    def select(self, rows: torch.Tensor | list[int]) -> None:
+        """Keep only these batch rows (finished sequences leave the batch)."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
+        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # statistics in fp32, as Llama does: bf16 sums of squares lose too much precision
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def make_norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+def rope_tables(head_dim: int, max_len: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim))
+    t = torch.arange(max_len, dtype=torch.float32, device=device)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, T, D); cos/sin: (B, 1, T, D)
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        hd, nh, nkv = config.head_dim, config.n_head, config.n_kv_head
+        self.q = nn.Linear(config.d_model, nh * hd, bias=config.bias)
+        self.k = nn.Linear(config.d_model, nkv * hd, bias=config.bias)
+        self.v = nn.Linear(config.d_model, nkv * hd, bias=config.bias)
+        self.o = nn.Linear(nh * hd, config.d_model, bias=config.bias)
+
+    def forward(self, x, rope, mask, is_causal, kv_cache: KVCache | None):
+        B, T, _ = x.shape
+        c = self.config
+        q = self.q(x).view(B, T, c.n_head, c.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, c.n_kv_head, c.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, c.n_kv_head, c.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if kv_cache is not None:
+            p = kv_cache.pos
+            kv_cache.k[self.layer_idx, :, :, p : p + T] = k
+            kv_cache.v[self.layer_idx, :, :, p : p + T] = v
+            k = kv_cache.k[self.layer_idx, :, :, : p + T]
+            v = kv_cache.v[self.layer_idx, :, :, : p + T]
+        if c.n_kv_head != c.n_head:
+            rep = c.n_head // c.n_kv_head
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        dropout = c.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, dropout_p=dropout)
+        return self.o(y.transpose(1, 2).reshape(B, T, c.n_head * c.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.swiglu = config.mlp == "swiglu"
+        if self.swiglu:
+            self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.up = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+
+    def forward(self, x):
+        if self.swiglu:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(F.gelu(self.up(x), approximate="tanh"))  # GPT-2's "gelu_new"
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.norm1 = make_norm(config)
+        self.attn = Attention(config, layer_idx)
+        self.norm2 = make_norm(config)
+        self.mlp = MLP(config)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope, mask, is_causal, kv_cache):
+        x = x + self.drop(self.attn(self.norm1(x), rope, mask, is_causal, kv_cache))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.pos_embedding == "learned":
+            self.pos_embed = nn.Embedding(config.max_seq_len, config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm_f = make_norm(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        if config.pos_embedding == "rope":
+            cos, sin = rope_tables(config.head_dim, config.max_seq_len, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    # ---- initialisation and accounting -------------------------------------------------
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                # GPT-2: residual projections scaled down by depth so the stream's variance stays O(1)
+                scale = 1 / math.sqrt(2 * self.config.n_layer) if name.endswith(("o.weight", "down.weight")) else 1
+                nn.init.normal_(p, mean=0.0, std=std * scale)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.ones_(p)  # norm weights
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed.weight.numel()
+            if hasattr(self, "pos_embed"):
+                n -= self.pos_embed.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N for the matmuls including the
+        output layer, plus 12*L*H*D*T for attention scores (the PaLM / nanoGPT estimate)."""
+        c = self.config
+        T = seq_len or c.max_seq_len
+        n = self.num_params(non_embedding=True) + c.vocab_size * c.d_model  # lm_head matmul
+        return 6 * n + 12 * c.n_layer * c.n_head * c.head_dim * T
+
+    # ---- forward ------------------------------------------------------------------------
+    def _mask(self, B, T, device, position_ids, doc_ids, attention_mask, kv_cache):
+        """Returns (bool attn_mask or None, is_causal) for scaled_dot_product_attention."""
+        if kv_cache is not None:
+            past = kv_cache.pos
+            S = past + T
+            if bool(kv_cache.valid[:, :S].all()):  # reserve() already marked the new positions
+                if T == 1:
+                    return None, False
+                if past == 0:
+                    return None, True
+            q_pos = torch.arange(past, S, device=device)
+            k_pos = torch.arange(S, device=device)
+            causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)
+            mask = causal[None] & kv_cache.valid[:, None, :S]  # (B, T, S); valid already updated
+            return self._no_empty_rows(mask).unsqueeze(1), False
+        if doc_ids is None and attention_mask is None:
+            return None, True
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        mask = causal[None].expand(B, T, T)
+        if doc_ids is not None:
+            mask = mask & (doc_ids[:, :, None] == doc_ids[:, None, :])
+        if attention_mask is not None:
+            mask = mask & attention_mask.to(torch.bool)[:, None, :]
+        return self._no_empty_rows(mask).unsqueeze(1), False
+
+    @staticmethod
+    def _no_empty_rows(mask: torch.Tensor) -> torch.Tensor:
+        # A query with no visible key (a padding position) would give NaN from softmax;
+        # let it see everything: its output is ignored anyway.
+        empty = ~mask.any(-1, keepdim=True)
+        return mask | empty
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        doc_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (B, T, d_model).
+
+        position_ids: (B, T); default 0..T-1 (after the cache), or restarting at each document.
+        doc_ids: (B, T) packed-sequence ids; attention never crosses documents.
+        attention_mask: (B, T) 1 for real tokens, 0 for padding (keys that must not be seen).
+        kv_cache: keys/values of earlier positions; the new ones are appended.
+        """
+        B, T = input_ids.shape
+        device = input_ids.device
+        past = kv_cache.pos if kv_cache is not None else 0
+        if position_ids is None:
+            if doc_ids is not None:
+                position_ids = _positions_within_documents(doc_ids)
+            else:
+                position_ids = torch.arange(past, past + T, device=device).expand(B, T)
+        if int(position_ids.max()) >= self.config.max_seq_len:
+            raise ValueError(f"position {int(position_ids.max())} exceeds max_seq_len={self.config.max_seq_len}")
+        if kv_cache is not None:
+            kv_cache.reserve(T, attention_mask)
+        mask, is_causal = self._mask(B, T, device, position_ids, doc_ids, attention_mask, kv_cache)
+        x = self.embed(input_ids)
+        rope = None
+        if self.config.pos_embedding == "learned":
+            x = x + self.pos_embed(position_ids)
+        else:
+            rope = (self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1))
+        x = self.drop(x)
+        for layer in self.layers:
+            x = layer(x, rope, mask, is_causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.norm_f(x)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        reduction: str = "mean",
+        **kwargs,
+    ) -> torch.Tensor:
+        """Logits (B, T, V), or with `targets` the cross-entropy loss (targets == -100 ignored).
+
+        reduction: "mean" over counted tokens, "sum", or "none" (B, T).
+        """
+        h = self.hidden_states(input_ids, **kwargs)
+        if targets is None:
+            return self.lm_head(h)
+        logits = self.lm_head(h).float()  # fp32 for the softmax: bf16 logits lose the tail
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction)
+        return loss.view(targets.shape) if reduction == "none" else loss
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        p = next(self.parameters())
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype)
+
+
+def _positions_within_documents(doc_ids: torch.Tensor) -> torch.Tensor:
+    """0, 1, 2, ... restarting wherever doc_ids changes along the sequence."""
+    B, T = doc_ids.shape
+    idx = torch.arange(T, device=doc_ids.device).expand(B, T)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    start_idx = torch.where(starts, idx, torch.zeros_like(idx))
+    start_idx = torch.cummax(start_idx, dim=1).values
+    return idx - start_idx
