@@ -1,0 +1,60 @@
+"""Batched generation with the KV cache, and sampling."""
+
+import torch
+
+from chatfactory.engine import SamplingParams, generate
+from chatfactory.engine.sampling import process_logits
+from chatfactory.model import GPT, ModelConfig
+
+
+def model():
+    torch.manual_seed(1)
+    return GPT(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, max_seq_len=64, init_std=0.3)).eval()
+
+
+def greedy_reference(m, prompt, n):
+    seq = list(prompt)
+    for _ in range(n):
+        seq.append(int(m(torch.tensor([seq]))[0, -1].argmax()))
+    return seq[len(prompt) :]
+
+
+def test_batched_greedy_equals_one_by_one_full_forward():
+    m = model()
+    prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3, 4, 5]]
+    outs = generate(m, prompts, SamplingParams(max_new_tokens=10, temperature=0))
+    for p, o in zip(prompts, outs):
+        assert o.tokens == greedy_reference(m, p, 10)
+        assert o.finish_reason == "length"
+
+
+def test_stop_tokens_and_seed():
+    m = model()
+    ref = generate(m, [[1, 2, 3]], SamplingParams(max_new_tokens=12, temperature=0))[0].tokens
+    stop = ref[3]
+    out = generate(m, [[1, 2, 3]], SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(stop,)))[0]
+    assert out.finish_reason == "stop" and out.tokens[-1] == stop and len(out.tokens) == ref.index(stop) + 1
+    a = generate(m, [[1, 2, 3]] * 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=7))
+    b = generate(m, [[1, 2, 3]] * 2, SamplingParams(max_new_tokens=8, temperature=1.0, seed=7))
+    assert [g.tokens for g in a] == [g.tokens for g in b]
+    assert all(len(g.logprobs) == len(g.tokens) and all(lp <= 0 for lp in g.logprobs) for g in a)
+
+
+def test_context_window_is_enforced():
+    m = model()
+    out = generate(m, [[1] * 60], SamplingParams(max_new_tokens=50, temperature=0))[0]
+    assert len(out.tokens) == 4
+    try:
+        generate(m, [[1] * 64], SamplingParams(max_new_tokens=1))
+    except ValueError as e:
+        assert "context window" in str(e)
+    else:
+        raise AssertionError("expected a context-window error")
+
+
+def test_top_k_and_top_p_filtering():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0]])
+    k = process_logits(logits, top_k=2)
+    assert torch.isinf(k[0, 2:]).all() and torch.isfinite(k[0, :2]).all()
+    p = process_logits(logits, top_p=0.5)  # the top token alone holds ~64% of the mass
+    assert torch.isfinite(p[0, 0]) and torch.isinf(p[0, 1:]).all()
