@@ -15,6 +15,9 @@ import sys
 # command name -> module that registers it (in `chatfactory --help` order)
 COMMANDS: dict[str, str] = {
     "pretrain": "chatfactory.train.pretrain",
+    "sft": "chatfactory.train.sft",
+    "eval": "chatfactory.eval.tasks",
+    "data": "chatfactory.data.cli",
     "generate": "chatfactory.engine.cli",
     "models": "chatfactory.model.pretrained",
     "moderation": "chatfactory.moderation.cli",
