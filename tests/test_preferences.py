@@ -109,3 +109,52 @@ def test_real_hh_rlhf_file_reads_directly_from_gzip():
     with gzip.open(path, "rt") as f:
         first = json.loads(f.readline())
     assert first["chosen"].endswith(cs[0].responses[0])
+
+
+# ---- sampling K answers and the scripted labeller ----------------------------------------------
+def test_builtin_labeller_ranks_by_checker_then_clean_end_then_brevity():
+    from chatfactory.data.tasks import TASKS
+    from chatfactory.train.labeller import item_record, rank_builtin
+
+    item = TASKS["add2"].items("train", 1)[0]
+    right, wrong = item.answer, str(int(item.answer) + 1)
+    c = Comparison(
+        item.messages,
+        [wrong, right + " is the sum", right, right, "no idea at all"],
+        None,
+        {**item_record(item), "finish_reasons": ["stop", "stop", "length", "stop", "stop"]},
+    )
+    ranked = rank_builtin(c)
+    # right+clean, right but cut off, then the wrong ones by length ("85 is the sum" fails the number checker)
+    assert ranked.ranking == [[3], [2], [0], [1], [4]]
+    assert ranked.extra["correct"] == [False, False, True, True, False]
+    tie = rank_builtin(Comparison(item.messages, [right, right], None, item_record(item)))
+    assert tie.ranking == [[0, 1]] and tie.pairs() == []
+
+
+def test_labeller_rejects_prompts_without_a_task():
+    from chatfactory.train.labeller import rank_builtin
+
+    with pytest.raises(ValueError, match="f.jsonl:2: the builtin labeller needs"):
+        rank_builtin(Comparison([{"role": "user", "content": "hi"}], ["a"], None, {}, "f.jsonl:2"))
+
+
+def test_sample_writes_k_answers_then_rank_cli(tmp_path):
+    import torch
+
+    from chatfactory.cli import main
+    from chatfactory.model import GPT, ModelConfig
+    from chatfactory.model.checkpoint import save_model
+    from chatfactory.tokenizer import Tokenizer
+
+    tok = Tokenizer.train(["What is 12 + 34? 46. Who are you? " * 30], vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=2, d_model=16, max_seq_len=96))
+    save_model(tmp_path / "m", model, tok)
+    out, ranked = tmp_path / "s.jsonl", tmp_path / "r.jsonl"
+    args = ["sample", "--model", str(tmp_path / "m"), "--tasks", "add2,identity", "-n", "4", "-k", "3"]
+    assert main([*args, "--out", str(out), "--max-new-tokens", "8"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 4 and all(len(r["responses"]) == 3 and len(r["finish_reasons"]) == 3 for r in recs)
+    assert main(["rank", "--labeller", "builtin", str(out), str(ranked)]) == 0
+    assert all(c.ranking is not None for c in read_preferences(ranked))

@@ -110,7 +110,7 @@ def check_messages(messages: Any, where: str, name: str = "messages") -> list[di
     return out
 
 
-def _prompt(value: Any, where: str, name: str) -> list[dict[str, str]]:
+def parse_prompt(value: Any, where: str, name: str) -> list[dict[str, str]]:
     if isinstance(value, str):
         if not value.strip():
             raise ValueError(f"{where}: '{name}' is empty")
@@ -169,7 +169,7 @@ def parse_record(rec: Any, where: str = "record") -> Comparison:
         if ("prompt" in rec) == ("messages" in rec):
             raise ValueError(f"{where}: a K-wise record needs exactly one of 'prompt' or 'messages'")
         key = "prompt" if "prompt" in rec else "messages"
-        prompt = _prompt(rec[key], where, key)
+        prompt = parse_prompt(rec[key], where, key)
         resp = rec["responses"]
         if not isinstance(resp, list) or len(resp) < 1:
             raise ValueError(f"{where}: 'responses' must be a non-empty list")
@@ -183,7 +183,7 @@ def parse_record(rec: Any, where: str = "record") -> Comparison:
         chosen, rejected = rec["chosen"], rec["rejected"]
         if "prompt" in rec or "messages" in rec:
             key = "prompt" if "prompt" in rec else "messages"
-            prompt = _prompt(rec[key], where, key)
+            prompt = parse_prompt(rec[key], where, key)
             good, bad = _response(chosen, where, "chosen"), _response(rejected, where, "rejected")
         elif isinstance(chosen, str) and isinstance(rejected, str):
             prompt, good, bad = _split_implicit(
