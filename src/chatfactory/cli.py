@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "models": "chatfactory.model.pretrained",
     "moderation": "chatfactory.moderation.cli",
     "demo": "chatfactory.demo",
+    "feedback": "chatfactory.feedback",
 }
 
 
