@@ -15,6 +15,15 @@ from chatfactory.train.rl_math import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models run fastest on one thread, and the CI machine's cores are shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def test_gae_on_a_hand_made_trajectory():
     # one answer of 3 tokens (then padding), gamma = 0.9, lambda = 0.5
     r = torch.tensor([[0.1, -0.2, 1.0, 7.0]])

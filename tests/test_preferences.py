@@ -4,6 +4,7 @@ import gzip
 import json
 
 import pytest
+import torch
 
 from chatfactory.data.preferences import (
     Comparison,
@@ -14,6 +15,15 @@ from chatfactory.data.preferences import (
     write_preferences,
 )
 from chatfactory.paths import shared_data_dir
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models run fastest on one thread, and the CI machine's cores are shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_kwise_with_ties_gives_every_pair_but_tied_ones():

@@ -20,6 +20,15 @@ from chatfactory.train.reward_model import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models run fastest on one thread, and the CI machine's cores are shared
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_rm(seed: int = 0) -> RewardModel:
     torch.manual_seed(seed)
     return RewardModel(GPT(ModelConfig(vocab_size=64, n_layer=2, n_head=2, d_model=32, max_seq_len=64))).eval()
@@ -73,10 +82,11 @@ def test_head_init_std_and_normalisation():
     d = 1023
     rm = RewardModel(GPT(ModelConfig(vocab_size=32, n_layer=1, n_head=1, d_model=d, max_seq_len=8, family="gpt2")))
     assert float(rm.head.weight.detach().std()) == pytest.approx(1 / math.sqrt(d + 1), rel=0.1)
-    assert float(rm.head.bias) == 0
+    assert float(rm.head.bias.detach()) == 0
     rm.set_normalisation(2.0, 4.0)
     x = torch.tensor([[1, 2, 3]])
-    assert float(rm.score(x)) == pytest.approx((float(rm(x)) - 2.0) / 4.0)
+    with torch.no_grad():
+        assert float(rm.score(x)) == pytest.approx((float(rm(x)) - 2.0) / 4.0)
 
 
 def test_encode_answer_keeps_response_end_and_prompt_tail():
@@ -112,3 +122,45 @@ def test_pairs_collation_covers_all_k_choose_2():
     items = [EncodedComparison([[1, 2], [3], [4, 5, 6], [7]], list(itertools.combinations(range(4), 2)))]
     b = collate_comparisons(items, pad_id=0)
     assert b["input_ids"].shape == (4, 3) and len(b["pairs"]) == 6 and b["attention_mask"].sum() == 7
+
+
+def _tiny_backbone(tmp_path, words):
+    from chatfactory.model.checkpoint import save_model
+    from chatfactory.tokenizer import Tokenizer
+
+    tok = Tokenizer.train([" ".join(words) * 20], vocab_size=300)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=tok.vocab_size, n_layer=2, n_head=2, d_model=32, max_seq_len=64))
+    save_model(tmp_path / "sft", model, tok)
+    return tmp_path / "sft"
+
+
+def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
+    import json
+    import random
+
+    from chatfactory.train.reward import RewardConfig, train_reward_model
+
+    answers = ["great answer", "fine answer", "awful answer"]  # best to worst
+    sft = _tiny_backbone(tmp_path, [*answers, "question"])
+    rng = random.Random(0)
+    with open(tmp_path / "ranked.jsonl", "w") as f:
+        for i in range(120):
+            order = rng.sample(range(3), 3)  # answers in random positions
+            resp = [answers[j] for j in order]
+            ranking = sorted(range(3), key=lambda k: order[k])
+            f.write(json.dumps({"prompt": f"question {i}", "responses": resp, "ranking": ranking}) + "\n")
+    cfg = RewardConfig()
+    cfg.reward.model, cfg.reward.data, cfg.reward.epochs = str(sft), [str(tmp_path / "ranked.jsonl")], 2
+    cfg.train.lr, cfg.train.progress, cfg.train.micro_batch_size, cfg.train.threads = 3e-3, False, 8, 1
+    stats = train_reward_model(cfg, tmp_path / "rm")
+    assert stats["heldout_accuracy"] >= 0.9 and stats["heldout_pairs"] == 36  # 12 held-out prompts x 3 pairs
+    rm, tok, meta = load_reward_model(tmp_path / "rm" / "model")
+    assert meta["reward"]["std"] > 0 and meta["metrics"]["heldout_accuracy"] == stats["heldout_accuracy"]
+    from chatfactory.tokenizer.chat_template import render_prompt
+    from chatfactory.train.reward_model import response_ids
+
+    prompt = render_prompt([{"role": "user", "content": "question 7"}], tok)
+    scores = [float(rm.score(torch.tensor([prompt + response_ids(a, tok)]))) for a in answers]
+    assert scores[0] > scores[1] > scores[2]
+    assert abs(sum(scores) / 3) < 1.0  # normalised on the training answers: centred near 0
