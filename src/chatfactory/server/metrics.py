@@ -1,0 +1,44 @@
+"""Prometheus metrics, one registry per app (so several apps in one process, as in tests, never
+collide in the global registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "chatfactory_http_requests", "HTTP requests by route and status", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "chatfactory_http_request_seconds", "Time to the response head", ["route"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.inflight = Gauge("chatfactory_generations_in_flight", "Generation requests being served", registry=r)
+        self.rejected = Counter("chatfactory_overload_rejections", "Requests refused with 429", registry=r)
+        self.prompt_tokens = Counter("chatfactory_prompt_tokens", "Prompt tokens processed", ["model"], registry=r)
+        self.completion_tokens = Counter("chatfactory_completion_tokens", "Tokens generated", ["model"], registry=r)
+        self.ttft = Histogram(
+            "chatfactory_time_to_first_token_seconds", "Time to the first shown token", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.answer_seconds = Histogram(
+            "chatfactory_answer_seconds", "Time per answer", ["model"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.finish = Counter("chatfactory_answers", "Answers by finish reason", ["model", "finish_reason"], registry=r)
+        self.flagged = Counter("chatfactory_moderation_flagged", "Texts flagged by moderation", ["side"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
