@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "generate": "chatfactory.engine.cli",
     "models": "chatfactory.model.pretrained",
     "moderation": "chatfactory.moderation.cli",
+    "serve": "chatfactory.server.cli",
+    "chat": "chatfactory.server.chat_cli",
+    "keys": "chatfactory.server.keys_cli",
     "demo": "chatfactory.demo",
     "feedback": "chatfactory.feedback",
 }
