@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import errors
-from .routes import chat, completions, conversations, health, models, moderations
+from .routes import chat, completions, conversations, feedback, health, models, moderations, turns, web
 from .runtime import Runtime
 
 
@@ -64,7 +64,8 @@ def create_app(runtime: Runtime, *, manage_engines: bool = True) -> FastAPI:
     app.state.runtime = runtime
     app.state.started = int(time.time())
     errors.install(app)
-    for module in (health, models, moderations, chat, completions, conversations):
+    for module in (health, models, moderations, chat, completions, conversations, turns, feedback):
         app.include_router(module.router)
+    web.install(app)  # the chat page at / and its files under /static
     app.add_middleware(MetricsMiddleware, runtime=runtime)
     return app
