@@ -54,8 +54,10 @@ class ScalarHeadModel(nn.Module):
 
     def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Raw head output at every position (B, T), fp32."""
-        if attention_mask is not None and bool(attention_mask.all()):
-            attention_mask = None  # no padding: the fast causal path
+        if attention_mask is not None and is_right_padded(attention_mask):
+            # padding only after the real tokens: causal attention never lets a real token see
+            # it and positions are already 0..n-1, so the fast causal path gives the same values
+            attention_mask = None
         kwargs = {}
         if attention_mask is not None:
             # positions count real tokens only, so a left-padded row sees the same positions as unpadded
@@ -79,6 +81,12 @@ class ScalarHeadModel(nn.Module):
 
 
 RewardModel = ScalarHeadModel  # the name the stages and eval read best with
+
+
+def is_right_padded(attention_mask: torch.Tensor) -> bool:
+    """True when every row is real tokens then padding (or no padding at all)."""
+    m = attention_mask.bool()
+    return bool((m[:, 1:] <= m[:, :-1]).all()) and bool(m[:, 0].all())
 
 
 def last_token_index(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
