@@ -223,3 +223,17 @@ def test_client_disconnect_stores_what_was_shown(local_server):
     assert rows[1].content.startswith(received)  # what was shown (plus what was in flight)
     with local_server.runtime.sessions() as s:
         assert s.get(Conversation, conv_id) is not None
+
+
+def test_stream_n2_and_stored_choices(local_server, client):
+    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, n=2, seed=5, stream=True))
+    texts = {0: "", 1: ""}
+    finished = set()
+    for c in chunks:
+        for ch in c.choices:
+            texts[ch.index] += ch.delta.content or ""
+            if ch.finish_reason:
+                finished.add(ch.index)
+    assert finished == {0, 1}
+    rows = [m for m in stored(local_server, chunks[0].model_extra["conversation_id"]) if m.role == "assistant"]
+    assert {m.choice_index: m.content for m in rows} == texts

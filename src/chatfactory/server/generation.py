@@ -129,6 +129,20 @@ async def _first(stream: AsyncIterator[Any]) -> Any:
     return await stream.__anext__()
 
 
+async def _all_or_cancel(coros: list[Awaitable[Any]]) -> list[Any]:
+    """gather() that, when one fails, cancels the others and waits for them: an async generator
+    still running in a task could not be closed afterwards ("already running")."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 async def _close_all(streams: list[AsyncIterator[Any]]) -> None:
     for s in streams:
         try:
@@ -141,7 +155,7 @@ async def _prime(job: ChatJob) -> tuple[list[AsyncIterator[Any]], list[Any]]:
     """Start n flow streams and wait for each one's first event; map bad input to 400."""
     streams = [job.stream_for(i) for i in range(job.n)]
     try:
-        firsts = await asyncio.gather(*(_first(s) for s in streams))
+        firsts = await _all_or_cancel([_first(s) for s in streams])
     except ValueError as e:  # ContextWindowError and other bad-input errors from the engine
         await _close_all(streams)
         code = "context_length_exceeded" if type(e).__name__ == "ContextWindowError" else "invalid_value"
@@ -233,7 +247,7 @@ async def _drain(stream: AsyncIterator[Any], first: Any) -> Any:
 async def _complete(job: ChatJob, streams: list[AsyncIterator[Any]], firsts: list[Any]) -> JSONResponse:
     results: list[Any] = [None] * job.n
     try:
-        results = list(await asyncio.gather(*(_drain(s, f) for s, f in zip(streams, firsts))))
+        results = await _all_or_cancel([_drain(s, f) for s, f in zip(streams, firsts)])
     finally:
         await _close_all(streams)
         ids = await _store(job, [_answer(job, i, r) for i, r in enumerate(results)])
@@ -307,6 +321,8 @@ async def _merged(streams: list[AsyncIterator[Any]], firsts: list[Any]) -> Async
     finally:
         for t in tasks:
             t.cancel()
+        with anyio.CancelScope(shield=True):  # let each stream unwind before anyone closes it
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class _Wire:
@@ -360,6 +376,7 @@ async def _stream(
     shown = [""] * job.n
     results: list[Any] = [None] * job.n
     include_usage = bool(job.req.stream_options and job.req.stream_options.include_usage)
+    stored = False
     try:
         head = wire.start()
         if head:
@@ -373,6 +390,9 @@ async def _stream(
                 r = results[i] = event.result
                 _observe(job.rt, job.model, r)
                 yield wire.finish(i, r)
+        # stored before [DONE]: a client that saw the end finds the exchange in the database
+        stored = True
+        await _store(job, [_answer(job, i, r, shown[i]) for i, r in enumerate(results)])
         if include_usage:
             yield wire.usage(_usage(results))
         yield sse("[DONE]")
@@ -383,7 +403,8 @@ async def _stream(
         with anyio.CancelScope(shield=True):
             await _close_all(streams)  # cancels the engine requests of unfinished choices
             try:
-                await _store(job, [_answer(job, i, r, shown[i]) for i, r in enumerate(results)])
+                if not stored:
+                    await _store(job, [_answer(job, i, r, shown[i]) for i, r in enumerate(results)])
             finally:
                 release()
 
