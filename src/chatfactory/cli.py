@@ -16,6 +16,10 @@ import sys
 COMMANDS: dict[str, str] = {
     "pretrain": "chatfactory.train.pretrain",
     "sft": "chatfactory.train.sft",
+    "sample": "chatfactory.train.sample",
+    "rank": "chatfactory.train.labeller",
+    "reward": "chatfactory.train.reward",
+    "ppo": "chatfactory.train.ppo",
     "eval": "chatfactory.eval.tasks",
     "data": "chatfactory.data.cli",
     "generate": "chatfactory.engine.cli",
