@@ -11,6 +11,7 @@ as (in, out), the transpose of `nn.Linear`, and q, k, v are one fused `c_attn`.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -233,6 +234,9 @@ def export_hf_folder(model: GPT, tokenizer, out_dir: str | Path) -> Path:
     with atomic_folder(out_dir) as tmp:
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         save_file({k: v.cpu() for k, v in sd.items()}, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        os.chmod(
+            tmp / WEIGHTS_FILE, 0o644
+        )  # safetensors creates it private; a model folder is meant to be shared
         if tokenizer is not None:
             from chatfactory.tokenizer.files import save_tokenizer_files
 
