@@ -110,16 +110,17 @@ def _tiny_models(tmp_path):
     return tmp_path / "sft", tmp_path / "rm"
 
 
-def _config(sft, rm, steps):
+def _config(sft, rm, steps, out):
     from chatfactory.train.ppo import PPOConfig
 
     cfg = PPOConfig()
-    p, t = cfg.ppo, cfg.train
+    p, t = cfg, cfg.train
     p.model, p.reward_model, p.tasks, p.n_prompts = str(sft), str(rm), "add2", 16
     p.rollout_batch, p.minibatch_size, p.ppo_epochs, p.max_new_tokens, p.eval_n = 4, 2, 2, 6, 4
     p.kl_target, p.ema, p.ptx_coef = 1.0, 0.9, 0.1  # every optional part switched on
     p.ptx_data = str(Path(sft).parent / "ptx.jsonl")
     t.max_steps, t.threads, t.progress, t.lr, t.micro_batch_size = steps, 1, False, 1e-3, 2
+    p.out_dir = str(out)
     return cfg
 
 
@@ -127,15 +128,15 @@ def test_a_ppo_update_reduces_the_loss_on_a_fixed_batch(tmp_path):
     from chatfactory.train.ppo import ActorCritic, build_models, load_prompts, ppo_loss
 
     sft, rm_path = _tiny_models(tmp_path)
-    cfg = _config(sft, rm_path, 1)
-    actor, tok, ref, rm, critic = build_models(cfg.ppo)
+    cfg = _config(sft, rm_path, 1, tmp_path / "x")
+    actor, tok, ref, rm, critic = build_models(cfg)
     from chatfactory.train.ppo import make_rollouts
 
     ac = ActorCritic(actor, critic)
-    prompts = load_prompts(cfg.ppo, 0)[:4]
-    batch, stats, answers = make_rollouts(ac, ref, rm, tok, prompts, cfg.ppo, beta=0.05, seed=1)
+    prompts = load_prompts(cfg, 0)[:4]
+    batch, stats, answers = make_rollouts(ac, ref, rm, tok, prompts, cfg, beta=0.05, seed=1)
     assert len(answers) == 4 and stats["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy *is* the reference
-    loss_fn = ppo_loss(cfg.ppo)
+    loss_fn = ppo_loss(cfg)
     before, s0 = loss_fn(ac, batch)
     assert s0["clip_frac"] == 0 and abs(s0["approx_kl"]) < 1e-6  # re-scoring reproduces the rollout's log-probs
     opt = torch.optim.Adam(ac.parameters(), lr=1e-3)
@@ -154,9 +155,9 @@ def test_resume_reproduces_the_next_step_exactly(tmp_path):
     from chatfactory.train.ppo import train_ppo
 
     sft, rm = _tiny_models(tmp_path)
-    straight = train_ppo(_config(sft, rm, 2), tmp_path / "a")
-    train_ppo(_config(sft, rm, 1), tmp_path / "b")
-    resumed = train_ppo(_config(sft, rm, 2), tmp_path / "b", resume=True)
+    straight = train_ppo(_config(sft, rm, 2, tmp_path / "a"))
+    train_ppo(_config(sft, rm, 1, tmp_path / "b"))
+    resumed = train_ppo(_config(sft, rm, 2, tmp_path / "b"), resume=True)
     assert straight["steps"] == resumed["steps"] == 2
     wa = load_file(str(tmp_path / "a" / "model" / "model.safetensors"))
     wb = load_file(str(tmp_path / "b" / "model" / "model.safetensors"))
@@ -167,3 +168,19 @@ def test_resume_reproduces_the_next_step_exactly(tmp_path):
     for key in ("reward", "kl", "entropy", "clip_frac", "approx_kl", "value_loss", "explained_variance",
                 "response_length", "checker", "kl_coef", "ptx_loss"):
         assert last_a[key] == last_b[key], key
+
+
+def test_rlhf_evaluation_of_a_model_against_itself_is_a_draw(tmp_path):
+    from chatfactory.eval.rlhf import compare, format_report
+    from chatfactory.loader import load
+    from chatfactory.train.reward_model import load_reward_model
+    from chatfactory.train.sample import task_prompts
+
+    sft, rm_path = _tiny_models(tmp_path)
+    model, tok = load(sft).model, load(sft).tokenizer
+    rm, _, _ = load_reward_model(rm_path)
+    r = compare(model, model, rm, tok, task_prompts("add2", "test", 6), max_new_tokens=6)
+    assert r["prompts"] == 6 and r["win_rate_by_reward"] == 0.5 and r["win_rate_by_checker"] == 0.5
+    assert r["kl_ppo_to_sft"] == pytest.approx(0.0, abs=1e-5)
+    assert r["ppo"]["mean_reward"] == r["sft"]["mean_reward"] and "checker_accuracy" in r["sft"]
+    assert "win rate of PPO over SFT by the checker: 50.0%" in format_report(r)

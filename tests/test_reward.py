@@ -151,9 +151,9 @@ def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
             ranking = sorted(range(3), key=lambda k: order[k])
             f.write(json.dumps({"prompt": f"question {i}", "responses": resp, "ranking": ranking}) + "\n")
     cfg = RewardConfig()
-    cfg.reward.model, cfg.reward.data, cfg.reward.epochs = str(sft), [str(tmp_path / "ranked.jsonl")], 2
+    cfg.model, cfg.data, cfg.epochs, cfg.out_dir = str(sft), [str(tmp_path / "ranked.jsonl")], 2, str(tmp_path / "rm")
     cfg.train.lr, cfg.train.progress, cfg.train.micro_batch_size, cfg.train.threads = 3e-3, False, 8, 1
-    stats = train_reward_model(cfg, tmp_path / "rm")
+    stats = train_reward_model(cfg)
     assert stats["heldout_accuracy"] >= 0.9 and stats["heldout_pairs"] == 36  # 12 held-out prompts x 3 pairs
     rm, tok, meta = load_reward_model(tmp_path / "rm" / "model")
     assert meta["reward"]["std"] > 0 and meta["metrics"]["heldout_accuracy"] == stats["heldout_accuracy"]

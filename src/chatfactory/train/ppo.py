@@ -57,8 +57,8 @@ MODEL_DIR = "model"
 
 
 @dataclass
-class PPOSection:
-    """The `ppo:` section of the config."""
+class PPOConfig:
+    """Everything a PPO run needs; `train` holds the optimisation (shared TrainConfig)."""
 
     model: str = ""  # the policy's starting point and the frozen reference (normally the SFT model)
     reward_model: str = ""  # a folder written by `chatfactory reward`
@@ -86,11 +86,7 @@ class PPOSection:
     ema: float | None = None  # EMA decay of the policy (e.g. 0.99); the saved model is then the EMA
     eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
     eval_n: int = 50  # held-out prompts per task for those evaluations
-
-
-@dataclass
-class PPOConfig:
-    ppo: PPOSection = field(default_factory=PPOSection)
+    out_dir: str = "runs/ppo"
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             lr=1e-5, weight_decay=0.0, schedule="constant", grad_clip=1.0, micro_batch_size=8, max_steps=100,
@@ -166,13 +162,13 @@ class PromptSampler:
 # ---- rollouts ----------------------------------------------------------------------------------------
 @torch.no_grad()
 def make_rollouts(
-    ac: ActorCritic, ref: GPT, rm: RewardModel, tok, prompts, sec: PPOSection, beta: float, seed: int, check=None
+    ac: ActorCritic, ref: GPT, rm: RewardModel, tok, prompts, cfg: PPOConfig, beta: float, seed: int, check=None
 ):
     """Sample, score and prepare one batch: everything PPO needs, in (B, T-1) "predicts token
     t+1" coordinates, plus the numbers to log."""
     from .sample import generate_answers
 
-    params = SamplingParams(max_new_tokens=sec.max_new_tokens, temperature=sec.temperature, seed=seed)
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
     answers = [a[0] for a in generate_answers(ac.actor, tok, [p.prompt for p in prompts], params, 1, len(prompts))]
     seqs = [a.prompt_ids + a.tokens for a in answers]
     ids, mask = pad_right(seqs, tok.pad_id)
@@ -185,16 +181,16 @@ def make_rollouts(
     targets = ids[:, 1:]
     ac.eval()
     logits, values, _ = ac(ids)
-    logprobs = token_logprobs(logits[:, :-1], targets, sec.temperature)
-    ent = entropy(logits[:, :-1], sec.temperature)
-    ref_logprobs = token_logprobs(ref(ids)[:, :-1], targets, sec.temperature)
+    logprobs = token_logprobs(logits[:, :-1], targets, cfg.temperature)
+    ent = entropy(logits[:, :-1], cfg.temperature)
+    ref_logprobs = token_logprobs(ref(ids)[:, :-1], targets, cfg.temperature)
     values = values[:, :-1] * resp
     scores = rm.score(ids, mask)  # at the last real token: the <|im_end|> of a finished answer
     finished = torch.tensor([a.finished for a in answers], device=device)
-    scores_used = scores - sec.missing_eos_penalty * (~finished).float()
+    scores_used = scores - cfg.missing_eos_penalty * (~finished).float()
     rewards, kl = kl_shaped_rewards(scores_used, logprobs, ref_logprobs, resp, beta)
-    adv, returns = gae(rewards, values, resp, sec.gamma, sec.lam)
-    if sec.whiten_advantages:
+    adv, returns = gae(rewards, values, resp, cfg.gamma, cfg.lam)
+    if cfg.whiten_advantages:
         adv = whiten(adv, resp)
     batch = {"input_ids": ids, "resp": resp, "old_logprobs": logprobs, "old_values": values, "advantages": adv,
              "returns": returns}
@@ -211,18 +207,18 @@ def make_rollouts(
     return batch, stats, answers
 
 
-def ppo_loss(sec: PPOSection):
+def ppo_loss(cfg: PPOConfig):
     def loss_fn(model: nn.Module, mb: dict) -> tuple[torch.Tensor, dict[str, float]]:
         logits, values, ptx_loss = model(mb["input_ids"], mb.get("ptx"))
         targets, m = mb["input_ids"][:, 1:], mb["resp"]
-        logprobs = token_logprobs(logits[:, :-1], targets, sec.temperature)
-        pg = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], m, sec.clip)
-        vf, vf_frac = value_loss(values[:, :-1], mb["old_values"], mb["returns"], m, sec.vf_clip)
-        loss = pg.loss + sec.vf_coef * vf
+        logprobs = token_logprobs(logits[:, :-1], targets, cfg.temperature)
+        pg = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], m, cfg.clip)
+        vf, vf_frac = value_loss(values[:, :-1], mb["old_values"], mb["returns"], m, cfg.vf_clip)
+        loss = pg.loss + cfg.vf_coef * vf
         stats = {"policy_loss": float(pg.loss.detach()), "value_loss": float(vf.detach()), "clip_frac": float(pg.clip_frac),
                  "approx_kl": float(pg.approx_kl), "value_clip_frac": float(vf_frac)}
         if ptx_loss is not None:
-            loss = loss + sec.ptx_coef * ptx_loss
+            loss = loss + cfg.ptx_coef * ptx_loss
             stats["ptx_loss"] = float(ptx_loss.detach())
         return loss, stats
 
@@ -240,20 +236,20 @@ def _slice(batch: dict, idx: list[int]) -> dict:
 
 
 # ---- building the models ----------------------------------------------------------------------------
-def build_models(sec: PPOSection, device: str | torch.device = "cpu"):
+def build_models(cfg: PPOConfig, device: str | torch.device = "cpu"):
     from chatfactory.loader import load
 
     from .reward_model import load_reward_model
 
-    if not sec.model or not sec.reward_model:
-        raise ValueError("ppo: set ppo.model (--model, the SFT model) and ppo.reward_model (--reward-model)")
-    policy = load(sec.model, device=device)
-    ref = load(sec.model, device=device).model.eval().requires_grad_(False)
-    rm, rm_tok, _ = load_reward_model(sec.reward_model, device=device)
+    if not cfg.model or not cfg.reward_model:
+        raise ValueError("ppo: set model (--model, the SFT model) and reward_model (--reward-model)")
+    policy = load(cfg.model, device=device)
+    ref = load(cfg.model, device=device).model.eval().requires_grad_(False)
+    rm, rm_tok, _ = load_reward_model(cfg.reward_model, device=device)
     rm.requires_grad_(False)
-    critic, _, _ = load_reward_model(sec.critic or sec.reward_model, device=device)
+    critic, _, _ = load_reward_model(cfg.critic or cfg.reward_model, device=device)
     if rm_tok.fingerprint() != policy.tokenizer.fingerprint():
-        raise ValueError(f"ppo: the reward model {sec.reward_model} uses a different tokenizer from {sec.model}")
+        raise ValueError(f"ppo: the reward model {cfg.reward_model} uses a different tokenizer from {cfg.model}")
     with torch.no_grad():  # the critic starts out predicting the *normalised* reward
         critic.head.weight.div_(critic.std)
         critic.head.bias.sub_(critic.mean).div_(critic.std)
@@ -263,12 +259,12 @@ def build_models(sec: PPOSection, device: str | torch.device = "cpu"):
     return policy.model, policy.tokenizer, ref, rm, critic
 
 
-def load_prompts(sec: PPOSection, seed: int):
+def load_prompts(cfg: PPOConfig, seed: int):
     from .sample import read_prompts, task_prompts
 
-    if sec.prompts:
-        return [p for f in sec.prompts for p in read_prompts(f)]
-    return task_prompts(sec.tasks, "train", sec.n_prompts, seed)
+    if cfg.prompts:
+        return [p for f in cfg.prompts for p in read_prompts(f)]
+    return task_prompts(cfg.tasks, "train", cfg.n_prompts, seed)
 
 
 def checker_for(prompts):
@@ -282,40 +278,40 @@ def checker_for(prompts):
     return lambda p, text: check(p, text) if p.extra.get("task") in TASKS else None
 
 
-def ptx_rows(sec: PPOSection, tok, seq_len: int, seed: int):
+def ptx_rows(cfg: PPOConfig, tok, seq_len: int, seed: int):
     from chatfactory.data.conversations import fit_all, pack, parse_conversation, read_conversations
 
-    if sec.ptx_data == "builtin":
+    if cfg.ptx_data == "builtin":
         from chatfactory.data.tasks import training_conversations
 
         convs = [parse_conversation(c, "builtin") for c in training_conversations(seed=seed)]
     else:
-        convs, _ = read_conversations(sec.ptx_data)
+        convs, _ = read_conversations(cfg.ptx_data)
     examples, _ = fit_all(convs, tok, seq_len + 1, overflow="drop")
     return pack(examples, seq_len, tok.pad_id, seed)
 
 
 # ---- the stage ---------------------------------------------------------------------------------------
-def train_ppo(cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
     from chatfactory.data.conversations import collate
 
     from .trainer import Trainer, lr_multiplier, setup_distributed
 
-    sec, tcfg = cfg.ppo, cfg.train
-    out_dir = Path(out_dir)
+    tcfg = cfg.train
+    out_dir = Path(cfg.out_dir)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     dinfo = setup_distributed(tcfg.device)
     torch.manual_seed(tcfg.seed)
-    actor, tok, ref, rm, critic = build_models(sec, dinfo.device)
-    prompts = load_prompts(sec, tcfg.seed)
+    actor, tok, ref, rm, critic = build_models(cfg, dinfo.device)
+    prompts = load_prompts(cfg, tcfg.seed)
     check = checker_for(prompts)
-    kl = KLController(sec.kl_coef, sec.kl_target, sec.kl_horizon)
+    kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
     sampler = PromptSampler(len(prompts), tcfg.seed, kl)
-    ac = ActorCritic(actor, critic, sec.ema)
+    ac = ActorCritic(actor, critic, cfg.ema)
     tcfg.seq_len = actor.config.max_seq_len
-    ptx = ptx_rows(sec, tok, actor.config.max_seq_len, tcfg.seed) if sec.ptx_coef > 0 else None
-    meta = {"stage": "ppo", "base_model": sec.model, "reward_model": sec.reward_model, "config": asdict(cfg)}
+    ptx = ptx_rows(cfg, tok, actor.config.max_seq_len, tcfg.seed) if cfg.ptx_coef > 0 else None
+    meta = {"stage": "ppo", "base_model": cfg.model, "reward_model": cfg.reward_model, "config": asdict(cfg)}
     from .reward import save_checkpoint_weights
 
     def evaluate(model: ActorCritic) -> dict[str, float]:
@@ -323,17 +319,17 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> dict
             return {}
         from chatfactory.eval.tasks import evaluate_tasks
 
-        res = evaluate_tasks(model.actor, tok, sec.tasks, n=sec.eval_n, max_new_tokens=sec.max_new_tokens,
+        res = evaluate_tasks(model.actor, tok, cfg.tasks, n=cfg.eval_n, max_new_tokens=cfg.max_new_tokens,
                              with_loss=False)
         return {"heldout_accuracy": res["mean_accuracy"], "heldout_format": res["mean_format"]}
 
     trainer = Trainer(
-        ac, tcfg, out_dir, batches=sampler, loss_fn=ppo_loss(sec), eval_fn=evaluate, tokenizer=tok, meta=meta,
+        ac, tcfg, out_dir, batches=sampler, loss_fn=ppo_loss(cfg), eval_fn=evaluate, tokenizer=tok, meta=meta,
         resume=resume, save_model_fn=lambda folder, m, sd: save_checkpoint_weights(folder, m, sd, meta),
     )
     rank, world = trainer.dist.rank, trainer.dist.world_size
-    n_micro = max(1, sec.minibatch_size // tcfg.micro_batch_size)
-    micro = min(tcfg.micro_batch_size, sec.minibatch_size)
+    n_micro = max(1, cfg.minibatch_size // tcfg.micro_batch_size)
+    micro = min(tcfg.micro_batch_size, cfg.minibatch_size)
     trainer._open_logs()
     restore = trainer._install_signal_handlers()
     stop, step_time, t_start = None, 0.0, time.time()
@@ -341,9 +337,9 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> dict
         while not (stop := trainer._agree_stop(step_time)):
             t0 = time.perf_counter()
             step = trainer.step
-            idx = sampler.take(sec.rollout_batch * world)[rank * sec.rollout_batch : (rank + 1) * sec.rollout_batch]
+            idx = sampler.take(cfg.rollout_batch * world)[rank * cfg.rollout_batch : (rank + 1) * cfg.rollout_batch]
             batch, stats, _ = make_rollouts(
-                ac, ref, rm, tok, [prompts[i] for i in idx], sec, kl.beta,
+                ac, ref, rm, tok, [prompts[i] for i in idx], cfg, kl.beta,
                 seed=tcfg.seed * 1_000_003 + step * 101 + rank, check=check,
             )
             lr = tcfg.lr * lr_multiplier(tcfg, step, trainer.progress())
@@ -351,11 +347,11 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> dict
             agg: dict[str, float] = {}
             n_updates = 0
             rng = random.Random(f"{tcfg.seed}:{step}:{rank}")
-            for _epoch in range(sec.ppo_epochs):
-                order = list(range(sec.rollout_batch))
+            for _epoch in range(cfg.ppo_epochs):
+                order = list(range(cfg.rollout_batch))
                 rng.shuffle(order)
-                for s in range(0, len(order) - sec.minibatch_size + 1, sec.minibatch_size):
-                    mb_idx = order[s : s + sec.minibatch_size]
+                for s in range(0, len(order) - cfg.minibatch_size + 1, cfg.minibatch_size):
+                    mb_idx = order[s : s + cfg.minibatch_size]
                     mbs = [_slice(batch, mb_idx[j * micro : (j + 1) * micro]) for j in range(n_micro)]
                     if ptx is not None:
                         for mb in mbs:
@@ -367,7 +363,7 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> dict
                     for k, v in res.items():
                         if k != "grad_norm" and v is not None:
                             agg[k] = agg.get(k, 0.0) + float(v)
-            kl.update(stats["kl"], sec.rollout_batch * world)
+            kl.update(stats["kl"], cfg.rollout_batch * world)
             trainer.step += 1
             step_time = time.perf_counter() - t0
             trainer.train_time += step_time
@@ -376,7 +372,7 @@ def train_ppo(cfg: PPOConfig, out_dir: str | Path, resume: bool = False) -> dict
             trainer._log(rec)
             if tcfg.progress and trainer.dist.is_main:
                 print(_line(rec), flush=True)
-            if sec.eval_every and trainer.step % sec.eval_every == 0:
+            if cfg.eval_every and trainer.step % cfg.eval_every == 0:
                 trainer.evaluate()
             if tcfg.ckpt_every and trainer.step % tcfg.ckpt_every == 0:
                 trainer.save_checkpoint()
@@ -413,17 +409,18 @@ def _line(rec: dict) -> str:
 
 # ---- command line ----------------------------------------------------------------------------------------
 FLAGS = {
-    "--model": ("ppo.model", "the SFT model: the policy's start and the frozen reference"),
-    "--reward-model": ("ppo.reward_model", "reward model folder (from `chatfactory reward`)"),
-    "--tasks": ("ppo.tasks", "prompts from these built-in tasks ('builtin' or names)"),
-    "--prompts": ("ppo.prompts", "prompt files instead of tasks", {"nargs": "+"}),
-    "--kl-coef": ("ppo.kl_coef", "KL penalty coefficient beta"),
-    "--kl-target": ("ppo.kl_target", "adaptive KL: target nats per answer"),
-    "--rollout-batch": ("ppo.rollout_batch", "prompts per PPO step"),
-    "--ppo-epochs": ("ppo.ppo_epochs", "passes over each step's rollouts"),
-    "--max-new-tokens": ("ppo.max_new_tokens", "answer length limit"),
-    "--ptx-coef": ("ppo.ptx_coef", "PPO-ptx language-model loss weight"),
-    "--ema": ("ppo.ema", "EMA decay of the policy"),
+    "--model": ("model", "the SFT model: the policy's start and the frozen reference"),
+    "--out": ("out_dir", "output folder (the policy goes to OUT/model)"),
+    "--reward-model": ("reward_model", "reward model folder (from `chatfactory reward`)"),
+    "--tasks": ("tasks", "prompts from these built-in tasks ('builtin' or names)"),
+    "--prompts": ("prompts", "prompt files instead of tasks", {"nargs": "+"}),
+    "--kl-coef": ("kl_coef", "KL penalty coefficient beta"),
+    "--kl-target": ("kl_target", "adaptive KL: target nats per answer"),
+    "--rollout-batch": ("rollout_batch", "prompts per PPO step"),
+    "--ppo-epochs": ("ppo_epochs", "passes over each step's rollouts"),
+    "--max-new-tokens": ("max_new_tokens", "answer length limit"),
+    "--ptx-coef": ("ptx_coef", "PPO-ptx language-model loss weight"),
+    "--ema": ("ema", "EMA decay of the policy"),
     "--lr": ("train.lr", "learning rate (actor and critic)"),
     "--max-steps": ("train.max_steps", "PPO steps"),
     "--time-budget": ("train.time_budget", "stop after this long (e.g. 8m)"),
@@ -433,14 +430,13 @@ FLAGS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ppo", help="RLHF: optimise a model against a reward model with PPO")
-    add_config_arguments(p, FLAGS, default_preset="")
-    p.add_argument("--out", required=True, help="output folder (the policy goes to OUT/model)")
+    add_config_arguments(p, FLAGS, default_preset="ppo")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(PPOConfig, args, FLAGS)
-    result = train_ppo(cfg, args.out, resume=args.resume)
+    result = train_ppo(cfg, resume=args.resume)
     print(json.dumps(result, indent=2))
     return 0

@@ -48,23 +48,20 @@ MODEL_DIR = "model"
 
 
 @dataclass
-class RewardSection:
-    """What to train on (the `reward:` section of the config)."""
+class RewardConfig:
+    """Everything a reward-model run needs; `train` holds the optimisation (shared TrainConfig)."""
 
     model: str = ""  # backbone: checkpoint folder, HF folder, GGUF or registry name (normally the SFT model)
     data: list[str] = field(default_factory=list)  # preference files (K-wise, pairs, HH-RLHF; .gz read directly)
     eval_data: list[str] = field(default_factory=list)  # held-out files; empty = hold out `held_out` of the prompts
+    out_dir: str = "runs/reward"
     held_out: float = 0.1  # fraction of prompts held out when there is no eval_data
     epochs: float = 1.0  # passes over the comparisons (max_steps, if set, wins)
     max_len: int | None = None  # tokens per prompt+answer (default: the model's context)
     limit: int | None = None  # use only the first N comparisons of each file
     skip_invalid: bool = False  # drop malformed records (counted) instead of stopping at the first
     norm_samples: int = 2000  # answers scored to set the normalisation constants
-
-
-@dataclass
-class RewardConfig:
-    reward: RewardSection = field(default_factory=RewardSection)
+    freeze_layers: int = 0  # keep the embeddings and the first N blocks fixed (cheaper backward on a CPU)
     # a reward model fine-tunes a trained backbone: small steps, no weight decay, cosine to 10%
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
@@ -109,6 +106,17 @@ class ComparisonBatches:
         self._order = self._shuffle()
 
 
+def freeze_bottom(backbone, n_layers: int) -> None:
+    """No gradient for the embeddings and the first n blocks: backward stops above them."""
+    if n_layers > backbone.config.n_layer:
+        raise ValueError(f"freeze_layers={n_layers} but the model has {backbone.config.n_layer} blocks")
+    backbone.embed.requires_grad_(False)
+    if hasattr(backbone, "pos_embed"):
+        backbone.pos_embed.requires_grad_(False)
+    for block in backbone.layers[:n_layers]:
+        block.requires_grad_(False)
+
+
 def reward_loss(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     r = model(batch["input_ids"], batch["attention_mask"])
     loss = ranking_loss(r, batch["pairs"], batch["group"], batch["n_groups"])
@@ -124,47 +132,49 @@ def save_checkpoint_weights(folder: Path, model: torch.nn.Module, sd: dict[str, 
     (folder / META_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
 
 
-def load_comparisons(files: list[str], section: RewardSection) -> list:
+def load_comparisons(files: list[str], cfg: RewardConfig) -> list:
     out = []
     for f in files:
-        out += read_preferences(f, skip_invalid=section.skip_invalid, limit=section.limit)
+        out += read_preferences(f, skip_invalid=cfg.skip_invalid, limit=cfg.limit)
     return out
 
 
-def train_reward_model(cfg: RewardConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any]:
+def train_reward_model(cfg: RewardConfig, resume: bool = False) -> dict[str, Any]:
     """Train, evaluate, normalise and save. Returns the headline numbers."""
     from chatfactory.loader import load
 
     from .trainer import Trainer
 
-    sec, tcfg = cfg.reward, cfg.train
-    if not sec.model:
-        raise ValueError("reward: set reward.model (--model), the backbone checkpoint (normally the SFT model)")
-    if not sec.data:
-        raise ValueError("reward: set reward.data (--data), one or more preference files")
-    out_dir = Path(out_dir)
+    tcfg = cfg.train
+    if not cfg.model:
+        raise ValueError("reward: set model (--model), the backbone checkpoint (normally the SFT model)")
+    if not cfg.data:
+        raise ValueError("reward: set data (--data), one or more preference files")
+    out_dir = Path(cfg.out_dir)
     torch.manual_seed(tcfg.seed)
-    loaded = load(sec.model)
+    loaded = load(cfg.model)
     tok = loaded.tokenizer
-    max_len = min(sec.max_len or loaded.model.config.max_seq_len, loaded.model.config.max_seq_len)
-    comps = load_comparisons(sec.data, sec)
-    if sec.eval_data:
-        train_c, held_c = comps, load_comparisons(sec.eval_data, sec)
+    max_len = min(cfg.max_len or loaded.model.config.max_seq_len, loaded.model.config.max_seq_len)
+    comps = load_comparisons(cfg.data, cfg)
+    if cfg.eval_data:
+        train_c, held_c = comps, load_comparisons(cfg.eval_data, cfg)
     else:
-        train_c, held_c = split_held_out(comps, sec.held_out, seed=tcfg.seed)
+        train_c, held_c = split_held_out(comps, cfg.held_out, seed=tcfg.seed)
     train_items = [e for e in (encode_comparison(c, tok, max_len) for c in train_c) if e.pairs]
     held_items = [encode_comparison(c, tok, max_len) for c in held_c]
     if not train_items:
         raise ValueError("reward: no comparison with at least one ordered (untied) pair to train on")
     model = RewardModel(loaded.model)
+    if cfg.freeze_layers:
+        freeze_bottom(model.backbone, cfg.freeze_layers)
     tcfg.seq_len = max_len
     batches = ComparisonBatches(train_items, tcfg.micro_batch_size, tok.pad_id, tcfg.seed)
     if tcfg.max_steps is None and tcfg.time_budget is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))  # the trainer's processes (torchrun)
         accum = (tcfg.batch_tokens or 0) // (tcfg.micro_batch_size * max_len * world) or 1
         per_step = tcfg.micro_batch_size * world * accum  # comparisons per optimizer step
-        tcfg.max_steps = max(1, math.floor(len(train_items) * sec.epochs / per_step))
-    meta = {"stage": "reward", "base_model": sec.model, "config": asdict(cfg)}
+        tcfg.max_steps = max(1, math.floor(len(train_items) * cfg.epochs / per_step))
+    meta = {"stage": "reward", "base_model": cfg.model, "config": asdict(cfg)}
 
     def evaluate(m) -> dict[str, float]:
         if not held_items:
@@ -186,7 +196,7 @@ def train_reward_model(cfg: RewardConfig, out_dir: str | Path, resume: bool = Fa
     # normalise on a reference set: the training answers (a seeded sample of them)
     ref = [s for e in train_items for s in e.sequences]
     random.Random(tcfg.seed).shuffle(ref)
-    raw = raw_rewards(model, ref[: sec.norm_samples], tok.pad_id, batch_size=tcfg.micro_batch_size * 2)
+    raw = raw_rewards(model, ref[: cfg.norm_samples], tok.pad_id, batch_size=tcfg.micro_batch_size * 2)
     mean, std = float(raw.mean()), float(raw.std()) if len(raw) > 1 else 1.0
     model.set_normalisation(mean, std)
     stats.update({"reward_mean_raw": mean, "reward_std_raw": std})
@@ -198,14 +208,16 @@ def train_reward_model(cfg: RewardConfig, out_dir: str | Path, resume: bool = Fa
 
 # ---- command line ------------------------------------------------------------------------------------
 FLAGS = {
-    "--model": ("reward.model", "backbone checkpoint (normally the SFT model)"),
-    "--data": ("reward.data", "preference files (K-wise, TRL pairs, HH-RLHF)", {"nargs": "+"}),
-    "--eval-data": ("reward.eval_data", "held-out preference files", {"nargs": "+"}),
-    "--held-out": ("reward.held_out", "fraction of prompts held out when there is no --eval-data"),
-    "--epochs": ("reward.epochs", "passes over the comparisons"),
-    "--max-len": ("reward.max_len", "tokens per prompt+answer"),
-    "--limit": ("reward.limit", "use only the first N comparisons of each file"),
-    "--skip-invalid": ("reward.skip_invalid", "skip malformed records", {"action": "store_true"}),
+    "--model": ("model", "backbone checkpoint (normally the SFT model)"),
+    "--out": ("out_dir", "output folder (the reward model goes to OUT/model)"),
+    "--data": ("data", "preference files (K-wise, TRL pairs, HH-RLHF)", {"nargs": "+"}),
+    "--eval-data": ("eval_data", "held-out preference files", {"nargs": "+"}),
+    "--held-out": ("held_out", "fraction of prompts held out when there is no --eval-data"),
+    "--epochs": ("epochs", "passes over the comparisons"),
+    "--max-len": ("max_len", "tokens per prompt+answer"),
+    "--limit": ("limit", "use only the first N comparisons of each file"),
+    "--freeze-layers": ("freeze_layers", "keep the embeddings and the first N blocks fixed"),
+    "--skip-invalid": ("skip_invalid", "skip malformed records", {"action": "store_true"}),
     "--lr": ("train.lr", "peak learning rate"),
     "--batch-size": ("train.micro_batch_size", "prompts (comparisons) per micro-batch"),
     "--max-steps": ("train.max_steps", "optimizer steps (default: one pass of --epochs)"),
@@ -215,14 +227,13 @@ FLAGS = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reward", help="train a reward model on ranked answers")
-    add_config_arguments(p, FLAGS, default_preset="")
-    p.add_argument("--out", required=True, help="output folder (the model goes to OUT/model)")
+    add_config_arguments(p, FLAGS, default_preset="reward")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = config_from_args(RewardConfig, args, FLAGS)
-    stats = train_reward_model(cfg, args.out, resume=args.resume)
+    stats = train_reward_model(cfg, resume=args.resume)
     print(json.dumps(stats, indent=2))
     return 0
