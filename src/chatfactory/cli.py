@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "reward": "chatfactory.train.reward",
     "ppo": "chatfactory.train.ppo",
     "eval": "chatfactory.eval.tasks",
+    "eval-rlhf": "chatfactory.eval.rlhf",
     "data": "chatfactory.data.cli",
     "generate": "chatfactory.engine.cli",
     "models": "chatfactory.model.pretrained",
