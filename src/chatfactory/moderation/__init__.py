@@ -1,5 +1,18 @@
-"""Content moderation for prompts and answers (steps 2 and 6 of the serving flow)."""
+"""Content moderation for prompts and answers (steps 2 and 6 of the serving flow).
 
-from .taxonomy import CATEGORIES, ModerationResult
+`Moderator.from_config(None).moderate(text)` returns a `ModerationResult` in the
+shape of OpenAI's `/v1/moderations` results. See `default.yaml` for the policy.
+"""
 
-__all__ = ["CATEGORIES", "ModerationResult"]
+from .moderator import Moderator, Policy, StreamModerator
+from .taxonomy import CATEGORIES, ModerationResult, openai_response, validate_openai_result
+
+__all__ = [
+    "CATEGORIES",
+    "ModerationResult",
+    "Moderator",
+    "Policy",
+    "StreamModerator",
+    "openai_response",
+    "validate_openai_result",
+]

@@ -79,3 +79,14 @@ def _join(patterns: list[re.Pattern[str]]) -> re.Pattern[str]:
     raw = [p.pattern for p in patterns if not p.pattern.startswith(BOUNDARY_L)]
     alts = ([BOUNDARY_L + "(?:" + factor(lead) + ")"] if lead else []) + [f"(?:{r})" for r in raw]
     return re.compile("|".join(alts))
+
+
+_SHARED: dict[str, RuleLayer] = {}
+
+
+def shared_rules(path: str | Path | None = None) -> RuleLayer:
+    """One compiled RuleLayer per rules file (compiling takes about a second)."""
+    key = str(Path(path) if path else DEFAULT_RULES)
+    if key not in _SHARED:
+        _SHARED[key] = RuleLayer(path)
+    return _SHARED[key]
