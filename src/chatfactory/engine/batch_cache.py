@@ -1,0 +1,50 @@
+"""Growing and shrinking the running batch's KV cache as requests join and leave.
+
+The model's KVCache has one write column `pos` shared by all rows and a per-row `valid` mask
+(model/gpt.py). A row's tokens therefore sit right-aligned, ending at `pos`; what is left of
+a row's first token is invalid for it and masked out of its attention. Each row's RoPE /
+learned positions are passed explicitly (`position_ids`), so a column is not a position.
+
+- join: newcomers are prefilled in a cache of their own, then `merge` right-aligns both
+  caches at pos' = max(pos_a, pos_b) in a freshly allocated one (one copy per join);
+- leave: `keep_rows` drops finished rows and the leading columns no remaining row uses, so
+  the cache spans only live requests however long the engine keeps serving.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from chatfactory.model import GPT, KVCache
+
+
+def merge(model: GPT, a: KVCache | None, b: KVCache, room: int) -> KVCache:
+    """Rows of `a` then rows of `b` in one cache, both ending at the same column, with `room`
+    free columns after it for the tokens still to come."""
+    pa = a.pos if a is not None else 0
+    pos = max(pa, b.pos)
+    rows_a = a.batch_size if a is not None else 0
+    out = model.new_kv_cache(rows_a + b.batch_size, pos + room)
+    for src, r0, p in ((a, 0, pa), (b, rows_a, b.pos)):
+        if src is None or p == 0:
+            continue
+        r1 = r0 + src.batch_size
+        out.k[:, r0:r1, :, pos - p : pos] = src.k[:, :, :, :p]
+        out.v[:, r0:r1, :, pos - p : pos] = src.v[:, :, :, :p]
+        out.valid[r0:r1, pos - p : pos] = src.valid[:, :p]
+    out.pos = pos
+    return out
+
+
+def keep_rows(cache: KVCache, rows: list[int]) -> None:
+    """Keep only these rows, and cut the leading columns that none of them uses."""
+    idx = torch.as_tensor(rows, dtype=torch.long, device=cache.k.device)
+    valid = cache.valid[idx, : cache.pos]
+    used = valid.any(0).nonzero()
+    first = int(used[0]) if used.numel() else cache.pos
+    # one gather does both the row selection and the column cut (and leaves a contiguous copy)
+    cache.k = cache.k[:, idx, :, first:]
+    cache.v = cache.v[:, idx, :, first:]
+    cache.valid = cache.valid[idx, first:]
+    cache.pos -= first
+    cache.max_len -= first

@@ -1,0 +1,221 @@
+"""The serving engine: continuous batching gives the same tokens as generating alone, seeds,
+stops, cancellation, context limits, UTF-8-safe streaming. A real tiny model throughout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import torch
+from tiny_chat_model import TEXT, tiny_loaded
+
+from chatfactory.engine import SamplingParams, generate
+from chatfactory.engine.row_sampling import sample_rows
+from chatfactory.engine.sampling import process_logits
+from chatfactory.engine.scheduler import ContextWindowError, Engine
+from chatfactory.engine.stops import REPLACEMENT, IncrementalDetokenizer, StopStrings
+
+GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    return tiny_loaded(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture()
+def engine(loaded):
+    e = Engine(loaded, max_batch=8)
+    yield e
+    e.shutdown()
+
+
+def alone(loaded, prompt, params=GREEDY):
+    """Reference: the plain generator, one prompt at a time."""
+    p = SamplingParams(
+        **{**params.__dict__, "stop_token_ids": (loaded.tokenizer.eos_id, *params.stop_token_ids)}
+    )
+    return generate(loaded.model, [prompt], p)[0].tokens
+
+
+def prompts(loaded):
+    enc = loaded.tokenizer.encode
+    return [
+        enc("To be, or not"),
+        enc("Explain how a classification"),
+        enc("Café"),
+        enc(TEXT[1][:60]),
+        enc("user\nHi"),
+    ]
+
+
+def test_concurrent_requests_match_greedy_alone(loaded, engine):
+    engine.start()
+    ps = prompts(loaded)
+    reqs = [engine.submit(p, GREEDY) for p in ps]
+
+    async def collect(r):
+        return "".join([d.text async for d in r.stream()])
+
+    async def main():
+        return await asyncio.gather(*(collect(r) for r in reqs))
+
+    texts = asyncio.run(main())
+    assert engine.peak_batch > 1, "requests were never batched together"
+    for p, r, text in zip(ps, reqs, texts):
+        assert r.output_ids == alone(loaded, p)
+        assert r.finish_reason in ("stop", "length") and r.prompt_tokens == len(p)
+        assert r.completion_tokens == len(r.output_ids)
+        shown = [t for t in r.output_ids if t != loaded.tokenizer.eos_id]
+        assert text == loaded.tokenizer.decode(shown, skip_special=True)
+
+
+def test_requests_joining_mid_batch_get_the_same_tokens(loaded, engine):
+    enc = loaded.tokenizer.encode
+    a_prompt, b_prompt, c_prompt = enc("To be"), enc("Hello"), enc(" ".join(TEXT[:2]))[:50]
+    long = SamplingParams(max_new_tokens=30, temperature=0)
+    # No background thread: step() runs the loop here, so "mid-batch" is exact, not a race.
+    a = engine.submit(a_prompt, long)
+    for _ in range(3):
+        engine.step()
+    assert a.finish_reason is None and a.completion_tokens == 4  # prefill token + 3 decode steps
+    b = engine.submit(b_prompt, long)  # shorter than A's cache: right-aligned into it
+    engine.step()
+    c = engine.submit(c_prompt, long)  # longer than the batch's cache: the batch is shifted
+    engine.step()
+    assert engine.peak_batch == 3
+    for r in (a, b, c):
+        r.result()  # drives the remaining steps
+    assert a.output_ids == alone(loaded, a_prompt, long)
+    assert b.output_ids == alone(loaded, b_prompt, long)
+    assert c.output_ids == alone(loaded, c_prompt, long)
+
+
+def test_seeded_sampling_is_reproducible_alone_or_batched(loaded, engine):
+    p = loaded.tokenizer.encode("To be, or not")
+    seeded = SamplingParams(max_new_tokens=20, temperature=0.9, top_k=40, top_p=0.95, seed=123)
+    solo = engine.submit(p, seeded)
+    solo.result()
+    others = [
+        SamplingParams(max_new_tokens=20, temperature=1.0, seed=5),
+        SamplingParams(max_new_tokens=20, temperature=0),
+        SamplingParams(max_new_tokens=20, temperature=0.7, top_p=0.5),
+    ]
+    batch = [engine.submit(q, o) for q, o in zip(prompts(loaded), others)]
+    again = engine.submit(p, seeded)
+    for r in [*batch, again]:
+        r.result()
+    assert again.output_ids == solo.output_ids
+    other_seed = engine.submit(p, SamplingParams(**{**seeded.__dict__, "seed": 124}))
+    other_seed.result()
+    assert other_seed.output_ids != solo.output_ids
+
+
+def test_stop_strings_and_stop_tokens(loaded, engine):
+    p = loaded.tokenizer.encode("Explain how a classification")
+    ref_ids = alone(loaded, p)
+    ref_text = loaded.tokenizer.decode(ref_ids, skip_special=True)
+    # a 2-character stop string from the middle of the greedy answer, first occurring there
+    at = next(
+        i
+        for i in range(6, len(ref_text) - 2)
+        if ref_text.find(ref_text[i : i + 2]) == i and REPLACEMENT not in ref_text[i : i + 2]
+    )
+    stop = ref_text[at : at + 2]
+    r = engine.submit(p, GREEDY, stop=["never appears ~~", stop])
+    assert r.result() == ref_text[:at] and r.finish_reason == "stop"
+    # a stop token: included in output_ids, its text never shown
+    tok = ref_ids[4]
+    r = engine.submit(p, SamplingParams(max_new_tokens=24, temperature=0, stop_token_ids=(tok,)))
+    text = r.result()
+    assert r.finish_reason == "stop" and r.output_ids == ref_ids[: ref_ids.index(tok) + 1]
+    assert text == loaded.tokenizer.decode(r.output_ids[:-1], skip_special=True)
+    r = engine.submit(p, SamplingParams(max_new_tokens=3, temperature=0))
+    r.result()
+    assert r.finish_reason == "length" and r.completion_tokens == 3
+
+
+def test_cancel_frees_the_slot(loaded):
+    engine = Engine(loaded, max_batch=1)
+    p, q = loaded.tokenizer.encode("To be"), loaded.tokenizer.encode("Hello")
+    long = SamplingParams(max_new_tokens=60, temperature=0)
+    a = engine.submit(p, long)
+    b = engine.submit(q, GREEDY)
+    engine.step()
+    assert a.completion_tokens == 2 and b.completion_tokens == 0  # b waits: the only slot is a's
+    a.cancel()
+    assert b.result() is not None and b.output_ids == alone(loaded, q)
+    assert a.finish_reason == "cancelled" and a.completion_tokens == 2
+    assert all(d.text for d in a) and list(a) == []  # a's stream ended (and stays ended)
+
+    # a client that stops reading (async generator closed) cancels its request
+    engine.start()
+    try:
+        c = engine.submit(p, long)
+
+        async def read_one():
+            async for _ in c.stream():
+                break
+
+        asyncio.run(read_one())
+        deadline = time.monotonic() + 10
+        while c.finish_reason is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert c.finish_reason == "cancelled" and c.completion_tokens < 60
+    finally:
+        engine.shutdown()
+
+
+def test_context_window_and_bad_parameters(loaded, engine):
+    ctx = engine.context_window
+    before = engine.requests_submitted
+    with pytest.raises(
+        ContextWindowError, match=f"context window is {ctx} tokens.*{ctx - 10} tokens.*asks for 20"
+    ):
+        engine.submit([5] * (ctx - 10), SamplingParams(max_new_tokens=20))
+    assert engine.requests_submitted == before + 1
+    with pytest.raises(ValueError, match="empty"):
+        engine.submit([], GREEDY)
+    with pytest.raises(ValueError, match="top_p"):
+        engine.submit([5], SamplingParams(top_p=0))
+    with pytest.raises(ValueError, match="vocabulary"):
+        engine.submit([10**6], GREEDY)
+    r = engine.submit([5] * (ctx - 4), SamplingParams(max_new_tokens=4, temperature=0))  # exactly fits
+    r.result()
+    assert r.completion_tokens <= 4 and r.finish_reason in ("stop", "length")
+
+
+def test_incremental_detokenizer_never_splits_a_character(loaded):
+    tok = loaded.tokenizer
+    text = "Café 漢字 😀🎉 déjà vu"
+    ids = tok.encode(text)
+    assert len(ids) > len(text) // 2  # multi-byte characters really are split across tokens here
+    d = IncrementalDetokenizer(tok, tok.encode("say:"))
+    deltas = [d.push(t) for t in ids] + [d.flush()]
+    assert "".join(deltas) == text
+    assert not any(REPLACEMENT in x for x in deltas)
+
+
+def test_stop_strings_hold_back_only_possible_prefixes():
+    s = StopStrings(["END", "xy"])
+    assert s.feed("abc E") == ("abc ", False)  # "E" might start "END"
+    assert s.feed("N") == ("", False)
+    assert s.feed("Dtail") == ("", True)  # "END" reached: it and what follows are dropped
+    s = StopStrings(["END"])
+    assert s.feed("EN") == ("", False)
+    assert s.feed("o") == ("ENo", False)
+    assert s.feed("x") == ("x", False) and s.flush() == ""
+
+
+def test_row_sampling_respects_each_rows_settings():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50) * 3
+    temp = torch.tensor([0.0, 1.0, 1.0, 0.8])
+    top_k = torch.tensor([0, 1, 0, 5])
+    top_p = torch.tensor([1.0, 1.0, 1e-6, 0.9])
+    for u in torch.linspace(0, 0.999, 25):
+        out = sample_rows(logits, temp, top_k, top_p, torch.full((4,), float(u)))
+        assert out[0] == logits[0].argmax() and out[1] == logits[1].argmax() and out[2] == logits[2].argmax()
+        allowed = torch.isfinite(process_logits(logits[3:], 0.8, 5, 0.9))[0]
+        assert allowed[out[3]]
