@@ -315,11 +315,13 @@ def _row(members: Sequence[Example], cap: int, pad_id: int) -> Row:
     return Row(ids + [pad_id] * n, mask + [0] * n, doc + [-1] * n)
 
 
-def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(rows: Sequence[Row], pad_id: int, doc_ids: bool = True) -> dict[str, torch.Tensor]:
     """A batch for GPT.forward: input_ids, targets (-100 where not trained), doc_ids.
 
     Rows of different lengths (padded mode) are right-padded to the longest; padding gets its
-    own doc id so that real tokens never attend to it.
+    own doc id. doc_ids=False leaves them out, for rows of one conversation each: padding is
+    only ever on the right, which causal attention never looks at, so the model can take its
+    plain causal path (no explicit mask).
     """
     T = max(len(r.ids) for r in rows) - 1
     B = len(rows)
@@ -332,7 +334,10 @@ def collate(rows: Sequence[Row], pad_id: int) -> dict[str, torch.Tensor]:
         mask[b, :n] = torch.tensor(r.mask, dtype=torch.bool)
         doc[b, :n] = torch.tensor(r.doc)
     targets = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
-    return {"input_ids": ids[:, :-1], "targets": targets, "doc_ids": doc[:, :-1]}
+    batch = {"input_ids": ids[:, :-1], "targets": targets}
+    if doc_ids:
+        batch["doc_ids"] = doc[:, :-1]
+    return batch
 
 
 def batches(rows: Sequence[Row], batch_size: int, pad_id: int, seed: int = 0, epochs: int | None = None) -> Iterator[dict]:
