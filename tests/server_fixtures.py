@@ -20,7 +20,7 @@ from chatfactory.server.runtime import Runtime, build_runtime
 from chatfactory.server.settings import Settings
 from chatfactory.server.store import keys as keystore
 
-__all__ = ["ServerHandle", "keyed_server", "local_server", "start_server", "tiny_engine"]
+__all__ = ["RULES_ONLY", "ServerHandle", "keyed_server", "local_server", "start_server", "tiny_engine"]
 
 MODEL = "tiny"
 
@@ -86,9 +86,12 @@ def tiny_engine(tmp_path_factory):
     engine.shutdown()
 
 
+RULES_ONLY = str(Path(__file__).with_name("moderation_rules_only.yaml"))
+
+
 def _settings(tmp: Path, **kw) -> Settings:
     return Settings(host="127.0.0.1", port=free_port(), database_url=f"sqlite:///{tmp / 'chat.db'}",
-                    models=[MODEL], default_max_tokens=24, **kw)
+                    models=[MODEL], default_max_tokens=24, moderation_config=RULES_ONLY, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -141,11 +141,11 @@ def test_flagged_input_gets_template_and_never_reaches_model(local_server, clien
 
 
 def test_completions_raw(client):
-    r = client.completions.create(model=MODEL, prompt="To be, or not to be", max_tokens=6, temperature=0)
+    r = client.completions.create(model=MODEL, prompt="Hello there, how are you?", max_tokens=6, temperature=0)
     assert r.object == "text_completion" and r.choices[0].finish_reason in ("stop", "length")
     assert 1 <= r.usage.completion_tokens <= 6
     streamed = "".join(c.choices[0].text for c in client.completions.create(
-        model=MODEL, prompt="To be, or not to be", max_tokens=6, temperature=0, stream=True) if c.choices)
+        model=MODEL, prompt="Hello there, how are you?", max_tokens=6, temperature=0, stream=True) if c.choices)
     assert streamed == r.choices[0].text
     flagged = client.completions.create(model=MODEL, prompt=HARMFUL, max_tokens=6)
     assert flagged.choices[0].finish_reason == "content_filter" and flagged.choices[0].text == ""

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from server_fixtures import *  # the fixtures
-from server_fixtures import MODEL, free_port, start_server
+from server_fixtures import MODEL, RULES_ONLY, free_port, start_server
 from store_fixtures import *  # the fixtures
 
 from chatfactory.server.settings import Settings
@@ -22,7 +22,7 @@ openai = pytest.importorskip("openai")
 @pytest.fixture
 def pg_served(tiny_engine, postgres_url):
     settings = Settings(host="127.0.0.1", port=free_port(), database_url=postgres_url, models=[MODEL],
-                        default_max_tokens=8)
+                        default_max_tokens=8, moderation_config=RULES_ONLY)
     handle = start_server(settings, {MODEL: tiny_engine}, users=("alice", "bob"))
     yield handle
     handle.stop()
