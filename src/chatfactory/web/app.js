@@ -625,6 +625,19 @@
     };
   }
 
+  /** Marks the page busy while `work` runs; body[data-completed] counts finished actions
+   * (send, regenerate, edit, compare), so scripts and tests can wait for the next one. */
+  let completed = 0;
+  async function tracked(work) {
+    document.body.setAttribute("aria-busy", "true");
+    try {
+      return await work();
+    } finally {
+      document.body.setAttribute("aria-busy", "false");
+      document.body.dataset.completed = String(++completed);
+    }
+  }
+
   async function runAnswer(path, body, { before } = {}) {
     const answer = streamingAnswer();
     if (before) before();
@@ -644,6 +657,10 @@
   async function send(text) {
     text = text.trim();
     if (!text || state.streaming) return;
+    return tracked(() => sendNow(text));
+  }
+
+  async function sendNow(text) {
     const model = selectedModel();
     if (!model) return toast("No model is being served");
     localStorage.setItem(MODEL_STORAGE, model);
@@ -672,6 +689,10 @@
 
   async function regenerate() {
     if (!state.current || state.streaming) return;
+    return tracked(regenerateNow);
+  }
+
+  async function regenerateNow() {
     const id = state.current.id;
     const groups = groupByPosition(state.current.messages);
     const last = groups[groups.length - 1];
@@ -715,10 +736,10 @@
         if (e.status !== 401) toast(e.message);
       }
     };
-    save.addEventListener("click", submit);
+    save.addEventListener("click", () => tracked(submit));
     area.addEventListener("input", () => autoGrow(area));
     area.addEventListener("keydown", (e) => {
-      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); tracked(submit); }
       if (e.key === "Escape") { e.preventDefault(); e.stopPropagation(); cancel.click(); }
     });
   }
@@ -728,7 +749,11 @@
 
   async function runCompare(event) {
     event.preventDefault();
-    if (state.streaming) return;
+    if (state.streaming || !$("compare-prompt").value.trim()) return;
+    return tracked(compareNow);
+  }
+
+  async function compareNow() {
     const prompt = $("compare-prompt").value.trim();
     if (!prompt) return;
     const n = Number($("compare-n").value);
