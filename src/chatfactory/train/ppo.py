@@ -200,10 +200,9 @@ def make_rollouts(
         "response_length": float(resp.sum(1).float().mean()), "ended_cleanly": float(finished.float().mean()),
         "explained_variance": explained_variance(values, returns, resp),
     }
-    if check is not None:
-        scores_c = [check(p, a.text) for p, a in zip(prompts, answers)]
-        if any(s is not None for s in scores_c):
-            stats["checker"] = sum(bool(s) for s in scores_c if s is not None) / sum(s is not None for s in scores_c)
+    if check is not None:  # always logged when there is a checker: every DDP rank reduces the same keys
+        judged = [c for c in (check(p, a.text) for p, a in zip(prompts, answers)) if c is not None]
+        stats["checker"] = sum(map(bool, judged)) / len(judged) if judged else float("nan")
     return batch, stats, answers
 
 
@@ -365,6 +364,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
                             agg[k] = agg.get(k, 0.0) + float(v)
             kl.update(stats["kl"], cfg.rollout_batch * world)
             trainer.step += 1
+            trainer.tokens += int(stats["response_length"] * cfg.rollout_batch * world)  # generated tokens
             step_time = time.perf_counter() - t0
             trainer.train_time += step_time
             rec = {"step": trainer.step, **stats, **{k: v / max(n_updates, 1) for k, v in agg.items()},
