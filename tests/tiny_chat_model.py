@@ -44,9 +44,4 @@ def tiny_model_folder(folder: Path, max_seq_len: int = 96, seed: int = 0) -> Pat
 def tiny_loaded(folder: Path, **kwargs) -> LoadedModel:
     if not (folder / "model_config.json").exists():
         tiny_model_folder(folder, **kwargs)
-    try:
-        return load(folder)
-    except ImportError:  # TEMP until model/pretrained.py lands (loader imports it)
-        from chatfactory.model.checkpoint import load_model_folder
-
-        return LoadedModel(load_model_folder(folder).eval(), Tokenizer.load(folder), str(folder), "native")
+    return load(folder)
