@@ -196,11 +196,12 @@ def test_keys_required_401(keyed_server):
 
 
 def test_client_disconnect_stores_what_was_shown(local_server):
-    body = {"model": MODEL, "messages": HELLO, "max_tokens": 400, "temperature": 1.0, "seed": 7, "stream": True}
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "temperature": 1.0, "seed": 7, "stream": True}
     received, conv_id = "", None
     import json
 
     with httpx.stream("POST", f"{local_server.base_url}/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
