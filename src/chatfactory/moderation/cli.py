@@ -22,7 +22,9 @@ def register(subparsers) -> None:
 
     e = sub.add_parser("eval", help="precision/recall/F1/AUPRC/latency on labelled data")
     e.add_argument("--data", required=True, help="labelled file")
-    e.add_argument("--format", choices=["toxicchat", "dices", "openai"], help="default: guessed from the file")
+    e.add_argument(
+        "--format", choices=["toxicchat", "dices", "openai"], help="default: guessed from the file"
+    )
     e.add_argument("--config", help="policy YAML")
     e.add_argument("--limit", type=int, help="only the first N messages")
     e.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -61,7 +61,7 @@ def _openai(path: Path) -> list[dict]:
     for i, row in enumerate(_jsonl(path), 1):
         text = row.get("text", row.get("input"))
         if not isinstance(text, str):
-            raise ValueError(f"{path}:{i}: needs a string 'text'")
+            raise ValueError(f"{path}:{i}: needs a string 'text'")  # noqa: TRY004 - bad user data
         cats = row.get("categories") or {}
         unknown = set(cats) - set(CATEGORIES)
         if unknown:
@@ -106,5 +106,7 @@ def _dices(path: Path) -> list[dict]:
         label = inst["annotations"]["safety"]["majority_human"]
         if label not in ("Yes", "No"):
             continue  # "Unsure" majority: no label to agree with
-        out.append({"text": inst["instance"]["response"], "prompt": conv, "labels": {"toxic": int(label == "Yes")}})
+        out.append(
+            {"text": inst["instance"]["response"], "prompt": conv, "labels": {"toxic": int(label == "Yes")}}
+        )
     return out

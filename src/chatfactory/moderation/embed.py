@@ -121,9 +121,11 @@ def build_static_table(dim: int = 64, out: Path = STATIC_TABLE) -> Path:
         for s in range(0, vocab_size, 2048):
             ids = torch.arange(s, min(vocab_size, s + 2048))
             x = torch.stack([torch.full_like(ids, 101), ids, torch.full_like(ids, 102)], 1)
-            rows[s : s + len(ids)] = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[:, 1]
+            rows[s : s + len(ids)] = model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state[
+                :, 1
+            ]
     rows -= rows.mean(0)
-    _, _, vt = np.linalg.svd(rows[:: 3], full_matrices=False)  # PCA basis from a third of the rows
+    _, _, vt = np.linalg.svd(rows[::3], full_matrices=False)  # PCA basis from a third of the rows
     reduced = rows @ vt[:dim].T
     scale = np.abs(reduced).max(0) / 127.0
     q = np.round(reduced / scale).astype(np.int8)

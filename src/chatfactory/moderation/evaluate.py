@@ -48,14 +48,20 @@ def evaluate(moderator, records: list[dict], limit: int | None = None) -> dict:
     results, lat = [], []
     for r in records:
         t0 = time.perf_counter()
-        res = moderator.moderate_output(r["text"], r["prompt"]) if r.get("prompt") else moderator.moderate(r["text"])
+        res = (
+            moderator.moderate_output(r["text"], r["prompt"])
+            if r.get("prompt")
+            else moderator.moderate(r["text"])
+        )
         lat.append(time.perf_counter() - t0)
         results.append(res)
     out: dict = {"n": len(records), "per_category": {}}
     y = [r["labels"].get("toxic") for r in records]
     if all(v is not None for v in y):
         out["any"] = binary_metrics(
-            np.array(y), np.array([x.details["flag_score"] for x in results]), np.array([x.flagged for x in results])
+            np.array(y),
+            np.array([x.details["flag_score"] for x in results]),
+            np.array([x.flagged for x in results]),
         )
     for c in CATEGORIES:
         idx = [i for i, r in enumerate(records) if c in r["labels"]]
@@ -84,5 +90,7 @@ def format_report(rep: dict) -> str:
     if "any" in rep:
         lines.append(f"any-flag agreement with the label: {rep['any']['accuracy']:.3f}")
     lat = rep["latency_ms"]
-    lines.append(f"latency per message: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, mean {lat['mean']:.2f} ms")
+    lines.append(
+        f"latency per message: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, mean {lat['mean']:.2f} ms"
+    )
     return "\n".join(lines)

@@ -22,7 +22,12 @@ DEFAULT_HEAD = Path(__file__).parent / "data" / "head_static.npz"
 class Head:
     def __init__(self, w: np.ndarray, b: np.ndarray, encoder: str, outputs: list[str] = OUTPUTS):
         assert w.shape == (w.shape[0], len(outputs)) and b.shape == (len(outputs),), "head shape mismatch"
-        self.w, self.b, self.encoder_name, self.outputs = w.astype(np.float32), b.astype(np.float32), encoder, outputs
+        self.w, self.b, self.encoder_name, self.outputs = (
+            w.astype(np.float32),
+            b.astype(np.float32),
+            encoder,
+            outputs,
+        )
 
     @property
     def encoder(self):
@@ -42,7 +47,9 @@ class Head:
     def load(cls, path: str | Path | None = None) -> Head:
         path = Path(path) if path else DEFAULT_HEAD
         if not path.is_file():
-            raise FileNotFoundError(f"no head weights at {path} (train some with `chatfactory moderation train`)")
+            raise FileNotFoundError(
+                f"no head weights at {path} (train some with `chatfactory moderation train`)"
+            )
         z = np.load(path)
         return cls(z["w"], z["b"], str(z["encoder"]), [str(o) for o in z["outputs"]])
 
@@ -59,8 +66,13 @@ def label_matrix(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_head(
-    records: list[dict], encoder: str = "static", epochs: int = 300, l2: float = 1e-3, lr: float = 0.05,
-    seed: int = 0, features: np.ndarray | None = None,
+    records: list[dict],
+    encoder: str = "static",
+    epochs: int = 300,
+    l2: float = 1e-3,
+    lr: float = 0.05,
+    seed: int = 0,
+    features: np.ndarray | None = None,
 ) -> Head:
     """Fit a masked multi-output logistic regression (full batch, Adam) on the records."""
     import torch
@@ -77,8 +89,9 @@ def train_head(
     opt = torch.optim.Adam([w, b], lr=lr)
     for _ in range(epochs):
         logits = x @ w + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, weight=m, pos_weight=pos_weight,
-                                                                    reduction="sum") / m.sum().clamp(min=1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, y, weight=m, pos_weight=pos_weight, reduction="sum"
+        ) / m.sum().clamp(min=1)
         loss = loss + l2 * (w**2).sum()
         opt.zero_grad()
         loss.backward()

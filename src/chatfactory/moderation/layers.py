@@ -27,7 +27,7 @@ class ClassifierLayer:
     def __init__(self, head: str | None = "static"):
         path = HEADS.get(head or "static", head)
         self.head = Head.load(path)
-        self.head.encoder  # load the encoder now, so a missing package fails at start-up
+        _ = self.head.encoder  # load the encoder now, so a missing package fails at start-up
 
     def score_batch(self, texts: list[str]) -> list[dict[str, float]]:
         probs = self.head.predict(texts)
@@ -46,7 +46,9 @@ class ProfanityLayer:
         try:
             from profanity_check import predict_prob
         except ImportError as e:
-            raise ImportError("the 'profanity' layer needs alt-profanity-check: pip install alt-profanity-check") from e
+            raise ImportError(
+                "the 'profanity' layer needs alt-profanity-check: pip install alt-profanity-check"
+            ) from e
         self._predict = predict_prob
 
     def score_batch(self, texts: list[str]) -> list[dict[str, float]]:
@@ -61,7 +63,9 @@ class ExternalLayer:
 
     name = "external"
 
-    def __init__(self, url: str, model: str | None = None, timeout_s: float = 2.0, api_key_env: str | None = None):
+    def __init__(
+        self, url: str, model: str | None = None, timeout_s: float = 2.0, api_key_env: str | None = None
+    ):
         self.url, self.model, self.timeout_s = url, model, float(timeout_s)
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
 
@@ -109,5 +113,7 @@ def build_layer(spec: dict):
     if kind == "external":
         if not spec.get("url"):
             raise ValueError("an external layer needs a url")
-        return ExternalLayer(spec["url"], spec.get("model"), spec.get("timeout_s", 2.0), spec.get("api_key_env"))
+        return ExternalLayer(
+            spec["url"], spec.get("model"), spec.get("timeout_s", 2.0), spec.get("api_key_env")
+        )
     raise ValueError(f"unknown layer type {kind!r}: use rules, classifier, profanity or external")

@@ -1,10 +1,10 @@
 """The policy object the chat service calls: layers combined into OpenAI-shaped results.
 
-    mod = Moderator.from_config(None)            # shipped default.yaml
-    mod.moderate("prompt").flagged               # step 2 of the serving flow
-    mod.moderate_output(answer, prompt=prompt)   # step 6, judged with its prompt
-    s = mod.stream(prompt)                        # step 6 for a streamed answer
-    released, result = s.feed(delta)             # ... then s.finish()
+mod = Moderator.from_config(None)            # shipped default.yaml
+mod.moderate("prompt").flagged               # step 2 of the serving flow
+mod.moderate_output(answer, prompt=prompt)   # step 6, judged with its prompt
+s = mod.stream(prompt)                        # step 6 for a streamed answer
+released, result = s.feed(delta)             # ... then s.finish()
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ _REFUSAL = re.compile(
     r"|(?:this|that) (?:request )?(?:is|would be) (?:illegal|harmful|unethical|against)"
     r"|i (?:strongly )?(?:advise|urge|encourage) you (?:not|to seek|to contact|to talk)"
     r"|please (?:seek|reach out|contact|call)|(?:crisis|suicide) (?:line|hotline|lifeline))",
-    re.I,
+    re.IGNORECASE,
 )
 # Signs that an answer carries out a request: steps, lists, quantities, imperatives.
 _INSTRUCTIVE = re.compile(
     r"(?m)^\s*(?:\d+[.)]|[-*•]|step \d+)\s|\b(?:first|then|next|finally|you(?:'ll| will) need|mix|add|heat"
     r"|combine|take|use)\b|\b\d+\s?(?:g|mg|ml|grams|ounces|oz|pills|tablets|minutes|degrees)\b",
-    re.I,
+    re.IGNORECASE,
 )
 
 
@@ -100,7 +100,11 @@ class Moderator:
         errors: list[str] = []
         for layer, weight in self.layers:
             try:
-                batch = layer.score_batch(texts) if hasattr(layer, "score_batch") else [layer.score(t) for t in texts]
+                batch = (
+                    layer.score_batch(texts)
+                    if hasattr(layer, "score_batch")
+                    else [layer.score(t) for t in texts]
+                )
             except Exception as e:  # noqa: BLE001 - any failing moderator is handled by the policy
                 errors.append(f"{layer.name}: {type(e).__name__}: {e}")
                 continue
@@ -130,7 +134,9 @@ class Moderator:
                 unrouted = max(unrouted, _margin(value, pol.threshold(name)))
             else:
                 # rescale so the signal's own threshold lands on the category's threshold
-                scores[target] = max(scores[target], _rescale(value, pol.threshold(name), pol.threshold(target)))
+                scores[target] = max(
+                    scores[target], _rescale(value, pol.threshold(name), pol.threshold(target))
+                )
         for c in CATEGORIES:  # a sub-category implies its parent
             if "/" in c:
                 parent = c.split("/")[0]
@@ -159,7 +165,9 @@ class Moderator:
 
     # --- output side ---------------------------------------------------------------
 
-    def moderate_output(self, answer: str, prompt: str | None = None, *, _prompt_raw=None) -> ModerationResult:
+    def moderate_output(
+        self, answer: str, prompt: str | None = None, *, _prompt_raw=None
+    ) -> ModerationResult:
         """Judge an answer with the prompt that produced it.
 
         The answer alone is scored; then, unless it refuses, it also inherits the

@@ -44,8 +44,12 @@ def normalize(text: str) -> str:
 
 # Leetspeak is undone only in words that mix letters with digits or symbols
 # ("h4te", "$hit", "k1ll"), so "5 apples" and "2024" are left alone.
-_DELEET = str.maketrans({"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "0": "o", "5": "s", "$": "s", "7": "t"})
-_LEETY = re.compile(r"(?<![\w@$!])(?=[\w@$!]*[a-z])(?=[\w@$!]*[0-9@$!][\w@$!]*[a-z]|[\w@$!]*[a-z][\w@$!]*[0-9@$])[\w@$!]+")
+_DELEET = str.maketrans(
+    {"4": "a", "@": "a", "3": "e", "1": "i", "!": "i", "0": "o", "5": "s", "$": "s", "7": "t"}
+)
+_LEETY = re.compile(
+    r"(?<![\w@$!])(?=[\w@$!]*[a-z])(?=[\w@$!]*[0-9@$!][\w@$!]*[a-z]|[\w@$!]*[a-z][\w@$!]*[0-9@$])[\w@$!]+"
+)
 
 
 def _letter_run(ch: str, n: int) -> str:
@@ -88,7 +92,8 @@ def _compile_seq(seq: str) -> str:
     for tok in _split(seq.strip(), " "):
         gap = re.fullmatch(r"\.\.(\.|\d+)", tok)
         if gap:
-            joiner = r"(?:\s+\S+){0,%d}?\s+" % (4 if gap.group(1) == "." else int(gap.group(1)))
+            n = 4 if gap.group(1) == "." else int(gap.group(1))
+            joiner = rf"(?:\s+\S+){{0,{n}}}?\s+"
             continue
         optional = tok.startswith("(") and tok.endswith(")?")
         tok = tok[:-1] if optional else tok

@@ -83,7 +83,7 @@ def validate_openai_result(obj: dict[str, Any]) -> None:
     if set(obj) != want:
         raise ValueError(f"result keys {sorted(obj)} != {sorted(want)}")
     if not isinstance(obj["flagged"], bool):
-        raise ValueError("flagged must be a bool")
+        raise ValueError("flagged must be a bool")  # noqa: TRY004 - schema check
     for key, check in (
         ("categories", lambda v: isinstance(v, bool)),
         ("category_scores", lambda v: isinstance(v, float) and 0.0 <= v <= 1.0),
