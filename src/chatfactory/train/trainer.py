@@ -452,7 +452,7 @@ class Trainer:
         self.raw_model.train()
         self.last_eval = {"step": self.step, **metrics}
         self._log({"step": self.step, "tokens": self.tokens, **metrics})
-        if self.dist.is_main and self.cfg.progress:
+        if self.dist.is_main:
             print("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in self.last_eval.items()))
         return metrics
 
