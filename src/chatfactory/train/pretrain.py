@@ -81,6 +81,10 @@ def prepare_data(cfg: PretrainConfig, out_dir: Path, log=print) -> tuple[Tokeniz
             raise ValueError(f"{shard_dir}: shards exist but no tokenizer (set tokenizer.path)")
         shards = ShardSet(shard_dir)
         check_tokenizer(shards.manifest, tokenizer, str(shard_dir))
+        sources = shards.manifest.get("extra", {}).get("sources")
+        if not cfg.data.shards and sources is not None and sources != cfg.data.paths:
+            raise ValueError(f"{shard_dir}: these shards were made from {sources}, not {cfg.data.paths}; "
+                             "use another --out for other data")
         log(f"data: reusing {shard_dir} ({shards.manifest['splits']['train']['tokens']:,} train tokens)")
         return tokenizer, shards
     t0 = time.perf_counter()
@@ -185,14 +189,15 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
     log(f"train: {trainer.tokens_per_step:,} tokens a step = {tc.micro_batch_size} x {tc.seq_len} x "
         f"{info.world_size} processes x {trainer.grad_accum} accumulation steps")
     result = trainer.fit()
+    final_model = model_for_saving(trainer)  # every rank: under FSDP this gathers the shards
     if info.is_main:
-        final = save_model(out_dir / "model", model_for_saving(trainer), tokenizer,
+        final = save_model(out_dir / "model", final_model, tokenizer,
                            meta={"stage": "pretrain", **{k: v for k, v in result.items() if k != "checkpoint"}})
         result["model"] = str(final)
         log(f"model: saved {final} ({result['stop_reason']} after {result['step']} steps, "
             f"{result['train_time']:.0f}s)")
         if cfg.samples and result["stop_reason"] != "signal":
-            for text in sample_texts(trainer.raw_model, tokenizer, cfg.samples, cfg.sample_tokens, cfg.sample_temperature):
+            for text in sample_texts(final_model, tokenizer, cfg.samples, cfg.sample_tokens, cfg.sample_temperature):
                 log("-" * 60 + "\n" + text)
     return result
 
