@@ -26,7 +26,7 @@ _ZERO_WIDTH = re.compile("[\u200b-\u200f\u2060-\u2064\ufeff\u00ad]")
 # Three or more single characters, each followed by the same separator: "k i l l", "k.i.l.l".
 _SPACED = re.compile(r"(?<![\w*@$'])[\w*@$!]([ .\-_*,/|])(?:[\w*@$!]\1)+[\w*@$!](?![\w*@$])")
 # Punctuation wedged between two word characters: "f*ck", "n.a.z.i", "s_e_x".
-_INNER_PUNCT = re.compile(r"(?<=[a-z0-9@$])[*._\-'`\"]+(?=[a-z0-9@$])")
+_INNER_PUNCT = re.compile(r"(?<=[a-z0-9@$])[*._\-'`\"+~^]+(?=[a-z0-9@$])")
 _SPACES = re.compile(r"\s+")
 
 
