@@ -244,7 +244,7 @@ class TrainConfig:
     decay_frac: float = 0.2
     # length: whichever comes first; with a time budget the schedule follows the clock
     max_steps: int | None = None
-    time_budget: float | str | None = None  # seconds, or "110s" / "5m" / "1h"
+    time_budget: float | str | None = None  # seconds of training steps (eval/checkpoint pauses excluded): 110s, 5m, 1h
     # batch: the global batch in tokens fixes the optimisation; gradient accumulation makes it up
     micro_batch_size: int = 16  # sequences per forward pass per process
     seq_len: int = 256

@@ -470,7 +470,12 @@ class Trainer:
                 print(f"\ntrain: got {signal.Signals(signum).name}; saving a checkpoint, then stopping")
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        return lambda: [signal.signal(s, h) for s, h in old.items()] and None
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
 
     # ---- logging ----
     def _progress_bar(self):
