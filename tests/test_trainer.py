@@ -103,6 +103,9 @@ def test_config_presets_overrides_and_errors(tmp_path):
         load_config(PretrainConfig, tmp_path / "c.yaml")
     with pytest.raises(FileNotFoundError, match="no such config file or preset"):
         load_config(PretrainConfig, "no-such-preset")
+    for preset in ("tiny", "small", "gpt2-124m"):  # every shipped pre-training preset builds
+        p = load_config(PretrainConfig, preset)
+        assert p.model.n_layer > 0 and (p.train.max_steps or p.train.time_budget)
     assert [parse_duration(v) for v in ("110s", "5m", "1.5h", 90, "none")] == [110, 300, 5400, 90, None]
     with pytest.raises(ValueError, match="not a duration"):
         parse_duration("soon")
