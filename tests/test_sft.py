@@ -118,3 +118,16 @@ def test_checkers():
     assert check(item, f"{letter}) {item.answer}") and not check(item, wrong)
     add = TaskItem("add3", "What is 500 + 700?", "1200")
     assert TASKS["add3"].check(add, "1,200") and not TASKS["add3"].check(add, "1201")
+
+
+def test_eval_command(tok, tmp_path, capsys):
+    from chatfactory.cli import main
+
+    folder = save_model(tmp_path / "m", _model(tok), tok)
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--model", str(folder), "--tasks", "add2,identity", "--n", "4", "--max-new-tokens", "4", "--out", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert set(res["tasks"]) == {"add2", "identity"} and "accuracy" in capsys.readouterr().out
+    assert main(["eval", "--model", str(folder), "--tasks", "nope"]) == 1
+    assert "unknown task(s) nope" in capsys.readouterr().err
