@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("alembic")
 
-from chatfactory.cli import main  # noqa: E402
-from chatfactory.data.preferences import read_preferences  # noqa: E402
-from chatfactory.feedback import export_records, feedback_stats, parse_since  # noqa: E402
-from chatfactory.server.store.db import open_database  # noqa: E402
-from chatfactory.server.store.keys import get_or_create_user  # noqa: E402
-from chatfactory.server.store.models import Conversation, Feedback, Message, Ranking  # noqa: E402
+from chatfactory.cli import main
+from chatfactory.data.preferences import read_preferences
+from chatfactory.feedback import export_records, feedback_stats, parse_since
+from chatfactory.server.store.db import open_database
+from chatfactory.server.store.keys import get_or_create_user
+from chatfactory.server.store.models import Conversation, Feedback, Message, Ranking
 
 
 @pytest.fixture()

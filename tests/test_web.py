@@ -20,7 +20,7 @@ from chatfactory.server.store.models import Conversation, Feedback, Message, Ran
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the playwright package")
 
-TIMEOUT = 30_000
+TIMEOUT = 60_000  # generous: the test machine's cores are shared
 
 
 # ---------------------------------------------------------------- helpers
@@ -282,25 +282,20 @@ def test_hostile_text_is_shown_as_text_and_runs_nothing(page, web_server):
 
 
 def test_template_answers_are_announced(page, web_server):
-    uid = web_server.runtime.local_user_id
-    cid = add_conversation(
-        web_server,
-        uid,
-        "flagged",
-        [("user", "something harmful"), ("assistant", "I can't help with that.")],
-        template_used="input",
-        flagged=True,
-        finish_reason="content_filter",
-    )
-    open_app(page, f"#/c/{cid}")
+    # a message the moderator flags: the model is not called, a standard reply is shown, and said so
+    open_app(page)
+    send(page, "I am going to kill you and your whole family tonight")
     note = page.locator(".msg-assistant .notice")
-    note.wait_for(timeout=TIMEOUT)
     assert (
         "flagged by content moderation" in note.inner_text() and "not sent to the model" in note.inner_text()
     )
+    with db(web_server) as s:
+        answer = next(m for m in s.get(Conversation, current_conv_id(page)).messages if m.role == "assistant")
+        assert answer.template_used == "input" and answer.flagged
+    # an answer flagged on the way out (random bytes rarely are, so this one is stored as such)
     cid = add_conversation(
         web_server,
-        uid,
+        web_server.runtime.local_user_id,
         "flagged out",
         [("user", "hi"), ("assistant", "Standard reply.")],
         template_used="output",
@@ -314,6 +309,7 @@ def test_template_answers_are_announced(page, web_server):
 def _rank_three(page, places: dict[str, int], prompt: str) -> list[str]:
     """Run Compare with 3 answers, give each card its place, save; returns the cards' texts."""
     page.fill("#compare-prompt", prompt)
+    page.fill("#compare-max", "32")
     act(page, lambda: page.click("#compare-run"))
     page.wait_for_function("() => document.querySelectorAll('.rank-btn').length === 9", timeout=TIMEOUT)
     for letter, place in places.items():
@@ -330,6 +326,7 @@ def test_compare_mode_ranks_three_answers_into_the_database(page, web_server):
     with db(web_server) as s:
         before = {r.id for r in s.query(Ranking)}
     page.fill("#compare-prompt", "Name a colour.")
+    page.fill("#compare-max", "48")
     act(page, lambda: page.click("#compare-run"))
     page.wait_for_function("() => document.querySelectorAll('.rank-btn').length === 9", timeout=TIMEOUT)
     assert page.is_disabled("#compare-save")
@@ -347,7 +344,7 @@ def test_compare_mode_ranks_three_answers_into_the_database(page, web_server):
         assert row.model == MODEL and row.user_id == web_server.runtime.local_user_id
         assert (
             row.sampling["temperature"] == 0.9
-            and row.sampling["max_tokens"] == 128
+            and row.sampling["max_tokens"] == 48
             and row.sampling["n"] == 3
         )
         run = s.get(Conversation, row.sampling["conversation_id"])
@@ -357,9 +354,11 @@ def test_compare_mode_ranks_three_answers_into_the_database(page, web_server):
         assert row.responses == stored
     # changing one's mind updates the same ranking
     page.get_by_label("Place 1 for answer A").click()
-    page.click("#compare-save")
-    page.wait_for_selector("#compare-save >> text=Update ranking", timeout=TIMEOUT)
-    page.wait_for_function("() => document.querySelectorAll('#toast:not([hidden])').length === 1")
+    with page.expect_response(
+        lambda r: f"/v1/rankings/{row.id}" in r.url and r.request.method == "PUT"
+    ) as put:
+        page.click("#compare-save")
+    assert put.value.ok
     with db(web_server) as s:
         s.expire_all()
         assert s.get(Ranking, row.id).ranking == [[0, 1], [2]]
@@ -412,7 +411,9 @@ def test_keyboard_focus_and_phone_width(page, web_server):
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline == "solid", "keyboard focus must be visible"
     page.set_viewport_size(PHONE)
-    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().right <= 0")  # a drawer
+    page.wait_for_function(
+        "() => document.getElementById('sidebar').getBoundingClientRect().right <= 0"
+    )  # a drawer
     assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     page.click("#open-sidebar")
     page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left >= 0")
@@ -447,6 +448,7 @@ def test_screenshots_of_the_main_views(browser, web_server):
             pg.keyboard.press("Escape")
             open_app(pg, "#/compare")
             pg.fill("#compare-prompt", "Name a colour.")
+            pg.fill("#compare-max", "32")
             act(pg, lambda pg=pg: pg.click("#compare-run"))
             pg.wait_for_function("() => document.querySelectorAll('.rank-btn').length === 9", timeout=TIMEOUT)
             pg.get_by_label("Place 1 for answer A").click()

@@ -83,12 +83,13 @@ def web_server(tmp_path_factory) -> ServerHandle:
     engines, folders = {}, {}
     for seed, name in enumerate((MODEL, SECOND_MODEL)):
         folders[name] = tmp_path_factory.mktemp(name) / "model"
-        loaded = tiny_loaded(folders[name], max_seq_len=512, seed=seed)
+        loaded = tiny_loaded(folders[name], max_seq_len=1024, seed=seed)  # hidden instructions: ~300 tokens
         loaded.name = name
         engines[name] = Engine(loaded, max_batch=8)
         engines[name].start()
     settings = _settings(tmp_path_factory.mktemp("web"))
     settings.models, settings.default_max_tokens = [MODEL, SECOND_MODEL], 200
+    settings.moderation_config = str(Path(__file__).with_name("web_moderation.yaml"))
     handle = start_server(settings, engines)
     handle.model_folder = folders[MODEL]  # the reward stage's backbone in the feedback-loop test
     yield handle

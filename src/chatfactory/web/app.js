@@ -649,7 +649,9 @@
       await reloadCurrent({ expectAnswer: stopped });
     } catch (e) {
       answer.fail(e.message);
-      if (e.status !== 401) await reloadCurrent().catch(() => {});
+      // refused (4xx): the server stored nothing, so the view stays as it is, error in place;
+      // failed mid-answer (5xx): what was generated is stored, show it
+      if (e.status >= 500) await reloadCurrent().catch(() => {});
       throw e;
     }
   }
