@@ -492,7 +492,7 @@ class Trainer:
         path = self.out_dir / "metrics.jsonl"
         if path.exists():
             # resuming: drop records past the checkpoint (that run's lost steps are redone)
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            kept = [ln for ln in path.read_text().splitlines() if _record_step(ln) <= self.step]
             path.write_text("".join(ln + "\n" for ln in kept))
         self._metrics_file = open(path, "a")  # noqa: SIM115 (open for the whole run; closed in _close_logs)
         if self.cfg.tensorboard:
@@ -590,6 +590,14 @@ class Trainer:
             self.batches.load_state_dict(state["data"])
         if self.dist.is_main:
             print(f"train: resumed from {path} (step {self.step}, {self.tokens:,} tokens)")
+
+
+def _record_step(line: str) -> float:
+    """A metrics line's step; a torn last line (killed mid-write) counts as past any checkpoint."""
+    try:
+        return json.loads(line).get("step", 0)
+    except (json.JSONDecodeError, AttributeError):
+        return math.inf
 
 
 class _IterableSource:
