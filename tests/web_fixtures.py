@@ -72,7 +72,7 @@ def browser(chromium_path):
 
 @pytest.fixture(scope="session")
 def web_server(tmp_path_factory) -> ServerHandle:
-    """Two tiny models (for the picker), answers up to 200 tokens (long enough to press Stop)."""
+    """Two tiny models (for the picker), answers up to 120 tokens (long enough to press Stop)."""
     import chatfactory.chat
     import chatfactory.moderation
 
@@ -88,7 +88,7 @@ def web_server(tmp_path_factory) -> ServerHandle:
         engines[name] = Engine(loaded, max_batch=8)
         engines[name].start()
     settings = _settings(tmp_path_factory.mktemp("web"))
-    settings.models, settings.default_max_tokens = [MODEL, SECOND_MODEL], 200
+    settings.models, settings.default_max_tokens = [MODEL, SECOND_MODEL], 120
     settings.moderation_config = str(Path(__file__).with_name("web_moderation.yaml"))
     handle = start_server(settings, engines)
     handle.model_folder = folders[MODEL]  # the reward stage's backbone in the feedback-loop test
