@@ -38,7 +38,7 @@ def row(name: str, rep: dict) -> str:
     return (
         f"{name:38} AUPRC {a['auprc']:.3f}  F1 {a['f1']:.3f}  P {a['precision']:.3f}  R {a['recall']:.3f}  "
         f"tp {a['tp']:4d} fp {a['fp']:4d} fn {a['fn']:4d} tn {a['tn']:4d}  "
-        f"p50 {lat['p50']:.2f} ms  p95 {lat['p95']:.2f} ms"
+        f"wall p50 {lat['p50']:.2f} p95 {lat['p95']:.2f} ms, CPU p50 {lat['cpu_p50']:.2f} p95 {lat['cpu_p95']:.2f} ms"
     )
 
 
@@ -57,7 +57,9 @@ def main() -> int:
         return 0
     test = load_records(root / "toxicchat/toxicchat-test.json")
     dices = load_records(root / "dices/dices-990.json")
-    print(f"machine: {os.cpu_count()} CPUs, torch threads {args.threads}, python {sys.version.split()[0]}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {os.cpu_count()} CPUs, load average {load:.1f}, torch threads {args.threads}, "
+          f"python {sys.version.split()[0]}")  # fmt: skip
     print(f"ToxicChat test: {len(test)} prompts, {sum(r['labels']['toxic'] for r in test)} toxic")
     tmp = Path(tempfile.mkdtemp())
     configs = {

@@ -45,15 +45,16 @@ def evaluate(moderator, records: list[dict], limit: int | None = None) -> dict:
     mapped so its threshold is 0.5, then the max.
     """
     records = records[:limit] if limit else records
-    results, lat = [], []
+    results, lat, cpu = [], [], []
     for r in records:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         res = (
             moderator.moderate_output(r["text"], r["prompt"])
             if r.get("prompt")
             else moderator.moderate(r["text"])
         )
         lat.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)  # CPU time of this thread: wall time less waiting for a core
         results.append(res)
     out: dict = {"n": len(records), "per_category": {}}
     y = [r["labels"].get("toxic") for r in records]
@@ -71,9 +72,11 @@ def evaluate(moderator, records: list[dict], limit: int | None = None) -> dict:
                 np.array([results[i].category_scores[c] for i in idx]),
                 np.array([results[i].categories[c] for i in idx]),
             )
-    ms = np.array(lat) * 1000
-    out["latency_ms"] = {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-                         "mean": float(ms.mean())}  # fmt: skip
+    ms, cpu_ms = np.array(lat) * 1000, np.array(cpu) * 1000
+    out["latency_ms"] = {
+        "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean()),
+        "cpu_p50": float(np.percentile(cpu_ms, 50)), "cpu_p95": float(np.percentile(cpu_ms, 95)),
+    }  # fmt: skip
     return out
 
 
@@ -91,6 +94,7 @@ def format_report(rep: dict) -> str:
         lines.append(f"any-flag agreement with the label: {rep['any']['accuracy']:.3f}")
     lat = rep["latency_ms"]
     lines.append(
-        f"latency per message: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, mean {lat['mean']:.2f} ms"
+        f"latency per message: p50 {lat['p50']:.2f} ms, p95 {lat['p95']:.2f} ms, mean {lat['mean']:.2f} ms "
+        f"(CPU time of the moderating thread: p50 {lat['cpu_p50']:.2f} ms, p95 {lat['cpu_p95']:.2f} ms)"
     )
     return "\n".join(lines)

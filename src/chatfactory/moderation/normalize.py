@@ -84,7 +84,32 @@ def compile_rule(rule: str, macros: dict[str, str] | None = None) -> re.Pattern[
         return re.compile(rule[3:])
     for name, body in (macros or {}).items():
         rule = re.sub(rf"\b{name}\b", lambda _m, b=body: b, rule)
-    return re.compile(BOUNDARY_L + _compile_seq(rule))
+    firsts = _first_chars(rule)
+    # a cheap look at the first letter before entering the rule: most rules fail there
+    peek = "(?=[" + "".join(sorted(firsts)).replace("-", r"\-") + "])" if firsts else ""
+    return re.compile(BOUNDARY_L + peek + _compile_seq(rule))
+
+
+def _first_chars(seq: str) -> set[str] | None:
+    """The characters a rule's match can start with (None: could not tell)."""
+    out: set[str] = set()
+    for tok in _split(seq.strip(), " "):
+        optional = tok.startswith("(") and tok.endswith(")?")
+        tok = tok[:-1] if optional else tok
+        if tok.startswith("(") and tok.endswith(")"):
+            for alt in _split(tok[1:-1], "|"):
+                sub = _first_chars(alt)
+                if sub is None:
+                    return None
+                out |= sub
+        else:
+            word = _INNER_PUNCT.sub("", tok.rstrip("*").lower())
+            if not word or word.startswith("."):
+                return None
+            out.add(word[0])
+        if not optional:
+            return out
+    return None
 
 
 def _compile_seq(seq: str) -> str:

@@ -1,8 +1,8 @@
 """The rule layer: our own word lists and patterns, per category, on normalised text.
 
 Rules live in `data/rules.yaml` (format described there). All rules of one
-category and one weight are joined into one regex, so a message costs about
-fifty regex searches whatever the number of rules.
+category are joined into one regex (a trie on leading letters, a named group per
+weight), so a message costs one regex pass per category whatever the number of rules.
 """
 
 from __future__ import annotations
@@ -28,57 +28,106 @@ class RuleLayer:
         spec = yaml.safe_load(self.path.read_text())
         macros = spec.get("macros", {})
         self.max_chars = max_chars  # rules see the head and tail of very long inputs
-        self.tiers: dict[str, list[tuple[float, re.Pattern[str]]]] = {}
+        unless = spec.get("unless") or {}
+        assert set(unless) <= set(CATEGORIES), f"{self.path}: unknown categories in unless"
+        # One regex per category: a named group for its benign contexts ("u", tried
+        # first, so "kill the process" is read as one phrase) and one per weight,
+        # strongest first. One pass over the text per category.
+        self.patterns: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
+        self.weights: dict[str, dict[str, float]] = {}
+        self.word_tiers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+        self.damp: dict[str, float] = {}
         for section in ("categories", "signals"):
             for name, tiers in (spec.get(section) or {}).items():
                 assert name in CATEGORIES or name in SIGNALS, f"{self.path}: unknown category {name!r}"
-                self.tiers[name] = [
-                    (float(w), _join([compile_rule(r, macros) for r in rules])) for w, rules in tiers.items()
+                groups = []
+                if name in unless:
+                    self.damp[name] = float(unless[name]["damp"])
+                    groups.append(("u", [compile_rule(r, macros) for r in unless[name]["rules"]]))
+                tiers = sorted(tiers.items(), key=lambda kv: -float(kv[0]))
+                self.weights[name] = {f"t{i}": float(w) for i, (w, _) in enumerate(tiers)}
+                groups += [
+                    (f"t{i}", [compile_rule(r, macros) for r in rules]) for i, (_, rules) in enumerate(tiers)
                 ]
-        self.unless: dict[str, tuple[float, re.Pattern[str]]] = {}
-        for name, spec_u in (spec.get("unless") or {}).items():
-            assert name in CATEGORIES, f"{self.path}: unknown category {name!r} in unless"
-            pats = [compile_rule(r, macros) for r in spec_u["rules"]]
-            self.unless[name] = (float(spec_u["damp"]), _join(pats))
+                self.patterns[name], self.word_tiers[name] = _category_regex(groups)
+
+    def _hits(self, views: tuple[str, str], name: str) -> tuple[dict[str, set[str]], bool]:
+        hits: dict[str, set[str]] = {}
+        benign = False
+        for pat, text in zip(self.patterns[name], views):
+            if pat is None:
+                continue
+            for m in pat.finditer(text):
+                group = m.lastgroup
+                if group == "w":  # a word rule: which tier? the first that matches here
+                    group = next(g for g, tier in self.word_tiers[name] if tier.match(text, m.start()))
+                group = group.split("_")[0]
+                if group == "u":
+                    benign = True
+                else:
+                    hits.setdefault(group, set()).add(m.group(0).strip())
+        return hits, benign
+
+    @staticmethod
+    def _views(text: str) -> tuple[str, str]:
+        """Word rules read the text as space-separated words (punctuation to spaces, a
+        leading space); raw `re:` rules read the normalised text itself."""
+        norm = normalize(text)
+        return " " + _NON_WORD.sub(" ", norm), norm
 
     def score(self, text: str) -> dict[str, float]:
         if len(text) > self.max_chars:
             half = self.max_chars // 2
             text = text[:half] + " " + text[-half:]
-        norm = normalize(text)
+        views = self._views(text)
         out: dict[str, float] = {}
-        for name, tiers in self.tiers.items():
+        for name, weights in self.weights.items():
+            hits, benign = self._hits(views, name)
             miss = 1.0
-            for weight, pat in tiers:
+            for tier, found in hits.items():
                 # each distinct matched phrase is more evidence, up to three
-                hits = {m.group(0) for _, m in zip(range(3), pat.finditer(norm))}
-                miss *= (1.0 - weight) ** len(hits)
+                miss *= (1.0 - weights[tier]) ** min(3, len(found))
             score = 1.0 - miss
-            if score > 0 and name in self.unless:
-                damp, pat = self.unless[name]
-                if pat.search(norm):
-                    score *= damp
-            out[name] = score
+            out[name] = score * self.damp[name] if benign and score > 0 else score
         return out
 
     def matches(self, text: str) -> dict[str, list[str]]:
         """Which phrases matched, per category (for explanations and debugging)."""
-        norm = normalize(text)
+        views = self._views(text)
         out: dict[str, list[str]] = {}
-        for name, tiers in self.tiers.items():
-            found = [m.group(0) for _, pat in tiers for m in pat.finditer(norm)]
+        for name in self.weights:
+            found = sorted(set().union(*self._hits(views, name)[0].values()))
             if found:
                 out[name] = found
         return out
 
 
-def _join(patterns: list[re.Pattern[str]]) -> re.Pattern[str]:
-    # Most rules start with the same word-boundary check: test it once per position,
-    # not once per rule, which makes a tier several times faster.
-    lead = [p.pattern[len(BOUNDARY_L) :] for p in patterns if p.pattern.startswith(BOUNDARY_L)]
-    raw = [p.pattern for p in patterns if not p.pattern.startswith(BOUNDARY_L)]
-    alts = ([BOUNDARY_L + "(?:" + factor(lead) + ")"] if lead else []) + [f"(?:{r})" for r in raw]
-    return re.compile("|".join(alts))
+_NON_WORD = re.compile(r"[^a-z0-9@$+ ]+")
+
+
+def _category_regex(groups: list[tuple[str, list[re.Pattern[str]]]]):
+    """Regexes for a category: (word rules, raw rules), and each tier's word rules alone.
+
+    Word rules all start at a word, so all of them, every tier, are joined into one
+    trie on leading letters (`factor`) behind one literal space (the word view puts
+    a space before every word): `re` jumps from space to space in C and tests each
+    letter once, instead of trying hundreds of rules at every character. Which tier
+    a match belongs to is found afterwards, for the few matches there are. Rules
+    keep their priority (benign contexts, then strongest tier first) because the
+    trie keeps the order of alternatives that share a prefix.
+    """
+    words_all, tiers, raw = [], [], []
+    for g, pats in groups:
+        words = [p.pattern[len(BOUNDARY_L) :] for p in pats if p.pattern.startswith(BOUNDARY_L)]
+        others = [p.pattern for p in pats if not p.pattern.startswith(BOUNDARY_L)]
+        if words:
+            words_all += words
+            tiers.append((g, re.compile(" (?:" + factor(words) + ")")))
+        if others:
+            raw.append(f"(?P<{g}_raw>" + "|".join(f"(?:{r})" for r in others) + ")")
+    word_re = re.compile(" (?P<w>" + factor(words_all) + ")") if words_all else None
+    raw_re = re.compile("|".join(raw)) if raw else None
+    return (word_re, raw_re), tiers
 
 
 _SHARED: dict[str, RuleLayer] = {}
