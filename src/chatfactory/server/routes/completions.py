@@ -41,12 +41,11 @@ async def raw_completion(rt: Runtime, model: str, prompt: str, req: CompletionRe
     ids = engine.tokenizer.encode(prompt)
     request = engine.submit(ids, sampling_params(req, rt, choice), req.stop or ())
     watcher = moderator.stream(prompt)
-    content, ttft, out, finish = "", None, None, None
+    content, out, finish = "", None, None
     try:
         async for delta in request.stream():
             released, result = watcher.feed(delta.text)
             if released:
-                ttft = ttft if ttft is not None else time.perf_counter() - t0
                 content += released
                 yield FlowEvent("delta", text=released)
             if result is not None and result.flagged:
@@ -62,6 +61,8 @@ async def raw_completion(rt: Runtime, model: str, prompt: str, req: CompletionRe
     finally:
         if request.finish_reason is None:
             request.cancel()
+    # as the chat flow counts it: flow start -> the model's first token
+    ttft = None if request.first_token_at is None else request.first_token_at - t0
     yield FlowEvent("done", result=FlowResult(
         content=content, finish_reason=finish, template_used=None, input_moderation=verdict,
         output_moderation=out, prompt_tokens=request.prompt_tokens, completion_tokens=request.completion_tokens,
