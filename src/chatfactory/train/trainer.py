@@ -550,6 +550,8 @@ class Trainer:
                 "world_size": self.dist.world_size, "config": asdict(self.cfg), "last_eval": self.last_eval,
             }
             meta = {**self.meta, "step": self.step, "tokens": self.tokens, **self.last_eval}
+            for stale in (final.parent.glob(".step_*") if final.parent.is_dir() else []):
+                shutil.rmtree(stale, ignore_errors=True)  # a killed writer's hidden leftovers (one writer: us)
             with atomic_folder(final) as tmp:
                 if self.save_model_fn is not None:
                     self.save_model_fn(tmp, self.raw_model, model_sd)
