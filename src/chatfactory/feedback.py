@@ -247,12 +247,15 @@ STAT_COLUMNS = ("up", "down", "comments", "on_templates", "rankings", "ranked_an
 
 def format_stats(stats: dict[str, Any]) -> str:
     lines = []
+    widths = {c: max(len(c), 5) for c in STAT_COLUMNS}
     for title, key in (("model", "by_model"), ("rater", "by_rater")):
         rows = stats[key]
         width = max([len(title)] + [len(n) for n in rows])
-        lines.append(f"{title:<{width}}  " + "  ".join(f"{c:>14}" for c in STAT_COLUMNS))
+        lines.append(f"{title:<{width}}  " + "  ".join(f"{c:>{widths[c]}}" for c in STAT_COLUMNS))
         for name, counts in rows.items():
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{counts.get(c, 0):>14}" for c in STAT_COLUMNS))
+            lines.append(
+                f"{name:<{width}}  " + "  ".join(f"{counts.get(c, 0):>{widths[c]}}" for c in STAT_COLUMNS)
+            )
         if not rows:
             lines.append("(no feedback yet)")
         lines.append("")
