@@ -9,7 +9,7 @@ import json
 import httpx
 import pytest
 from server_fixtures import *
-from server_fixtures import MODEL
+from server_fixtures import MODEL, free_port, start_server
 
 from chatfactory.data.preferences import parse_record
 from chatfactory.feedback import export_records
@@ -197,3 +197,19 @@ def test_me_and_the_page(keyed_server, local_server):
 @pytest.mark.parametrize("path", ["/compare", "/rankings"])
 def test_feedback_routes_need_a_key_when_keys_exist(keyed_server, path):
     assert client(keyed_server).post(path, json={}).status_code == 401
+
+
+def test_conversations_and_feedback_survive_a_restart(local_server, tiny_engine):
+    """A new server process on the same database (a restart, or a second replica) serves them."""
+    c = client(local_server)
+    cid = c.post("/conversations", json={"model": MODEL}).json()["id"]
+    answer_id = chat(c, cid, "Remember me")["message_id"]
+    c.put(f"/messages/{answer_id}/feedback", json={"rating": 1, "comment": "kept"})
+    settings = local_server.runtime.settings.model_copy(update={"port": free_port()})
+    again = start_server(settings, {MODEL: tiny_engine})
+    try:
+        c2 = client(again)
+        assert c2.get(f"/conversations/{cid}").json()["messages"][0]["content"] == "Remember me"
+        assert c2.get(f"/conversations/{cid}/feedback").json()["data"][0]["comment"] == "kept"
+    finally:
+        again.stop()
