@@ -6,7 +6,8 @@
   up-rated and a down-rated answer to the same prompt are exactly what `feedback export` turns
   into a training pair.
 - `POST /v1/conversations/{id}/edit` replaces a user message: that message and every turn after
-  it are removed, then the new text is sent as `POST /v1/conversations/{id}/messages` would.
+  it are removed (with any thumbs given to those answers: they answered a prompt that no longer
+  exists), then the new text is sent as `POST /v1/conversations/{id}/messages` would.
 
 Both reply like `/v1/conversations/{id}/messages` (streamed or not).
 """
