@@ -219,3 +219,50 @@ def test_row_sampling_respects_each_rows_settings():
         assert out[0] == logits[0].argmax() and out[1] == logits[1].argmax() and out[2] == logits[2].argmax()
         allowed = torch.isfinite(process_logits(logits[3:], 0.8, 5, 0.9))[0]
         assert allowed[out[3]]
+
+
+def test_generate_command_streams_the_engines_text(loaded, capsys):
+    from chatfactory.cli import main
+
+    p = loaded.tokenizer.encode("To be, or not")
+    ref = loaded.tokenizer.decode(
+        [t for t in alone(loaded, p) if t != loaded.tokenizer.eos_id], skip_special=True
+    )
+    argv = [
+        "generate",
+        "--model",
+        loaded.name,
+        "--prompt",
+        "To be, or not",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0",
+    ]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out == ref + "\n" and "finish_reason=" in err
+    assert main([*argv[:-2], "--temperature", "0", "--chat", "--system", "be brief"]) == 0
+    assert main(["generate", "--model", loaded.name, "--prompt", "x" * 500, "--max-tokens", "50"]) == 1
+    assert "context window" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_batched_greedy_equals_alone():
+    from chatfactory.model import pretrained
+    from chatfactory.tokenizer.chat_template import render
+
+    if not pretrained.is_verified("smollm2-135m-instruct"):
+        pytest.skip("smollm2-135m-instruct is not downloaded (chatfactory models pull smollm2-135m-instruct)")
+    from chatfactory.loader import load
+
+    lm = load("smollm2-135m-instruct")
+    questions = ["What is the capital of France?", "Name three colors.", "Explain gravity briefly."]
+    ps = [render([{"role": "user", "content": q}], lm.tokenizer, True)[0] for q in questions]
+    params = SamplingParams(max_new_tokens=24, temperature=0)
+    engine = Engine(lm)
+    reqs = [engine.submit(p, params) for p in ps]
+    texts = [r.result() for r in reqs]
+    for p, r in zip(ps, reqs):
+        assert r.output_ids == alone(lm, p, params)
+    assert "Paris" in texts[0]

@@ -22,6 +22,7 @@ A moderator that raises fails closed (treated as flagged) unless the config says
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -111,24 +112,26 @@ class ChatFlow:
         shown: list[str] = []
         flag = out_verdict = None
         try:
-            async for delta in req.stream():
-                if watcher is None:  # failing open after a moderation error: text passes unchecked
-                    released, res = delta.text, None
-                else:
-                    try:
-                        released, res = await asyncio.to_thread(watcher.feed, delta.text)
-                    except Exception as e:
-                        log.exception("output moderation failed mid-stream")
-                        res = moderation_failure(e, self.config.fail_closed)
-                        released = "" if res.flagged else watcher.pending  # all not yet released
-                        watcher = None
-                out_verdict = res or out_verdict
-                if released:
-                    shown.append(released)
-                    yield FlowEvent("delta", released)
-                if res is not None and res.flagged:
-                    flag = res
-                    break
+            # aclosing: the engine stream's own cleanup runs now, not when garbage is collected
+            async with contextlib.aclosing(req.stream()) as deltas:
+                async for delta in deltas:
+                    if watcher is None:  # failing open after a moderation error: text passes unchecked
+                        released, res = delta.text, None
+                    else:
+                        try:
+                            released, res = await asyncio.to_thread(watcher.feed, delta.text)
+                        except Exception as e:
+                            log.exception("output moderation failed mid-stream")
+                            res = moderation_failure(e, self.config.fail_closed)
+                            released = "" if res.flagged else watcher.pending  # all not yet released
+                            watcher = None
+                    out_verdict = res or out_verdict
+                    if released:
+                        shown.append(released)
+                        yield FlowEvent("delta", released)
+                    if res is not None and res.flagged:
+                        flag = res
+                        break
             if flag is None and watcher is not None:
                 try:
                     released, res = await asyncio.to_thread(watcher.finish)
@@ -170,7 +173,8 @@ class ChatFlow:
         prompt = self.build_prompt(engine, messages, params)
         req = engine.submit(prompt.ids, self._chat_params(engine, params), stop)
         try:
-            answer = "".join([d.text async for d in req.stream()])
+            async with contextlib.aclosing(req.stream()) as deltas:
+                answer = "".join([d.text async for d in deltas])
         finally:
             if req.finish_reason is None:
                 req.cancel()

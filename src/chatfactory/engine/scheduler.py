@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from chatfactory.loader import LoadedModel
+from chatfactory.tokenizer import ENDOFTEXT
 
 from . import batch_cache
 from .generate import SamplingParams, left_pad
@@ -203,7 +204,12 @@ class Engine:
         self.context_window = self.model.config.max_seq_len
         self.max_batch = max_batch
         self.device = next(self.model.parameters()).device
-        self.default_stop_ids = {self.tokenizer.eos_id}  # chat adds <|im_end|> (chat/flow.py)
+        # eos, and <|endoftext|> where it exists (both end a document; SmolLM2's eos is
+        # <|im_end|>, so a raw completion would otherwise run on past <|endoftext|>).
+        # The chat flow adds <|im_end|> (chat/flow.py).
+        self.default_stop_ids = {self.tokenizer.eos_id}
+        if ENDOFTEXT in self.tokenizer.hf.get_vocab(with_added_tokens=True):
+            self.default_stop_ids.add(self.tokenizer.token_id(ENDOFTEXT))
         self.requests_submitted = 0
         self.tokens_generated = 0
         self.decode_steps = 0
