@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "serve": "chatfactory.server.cli",
     "chat": "chatfactory.server.chat_cli",
     "keys": "chatfactory.server.keys_cli",
+    "pipeline": "chatfactory.pipeline",
     "demo": "chatfactory.demo",
     "feedback": "chatfactory.feedback",
 }
