@@ -135,8 +135,10 @@ def test_builtin_labeller_ranks_by_checker_then_clean_end_then_brevity():
         {**item_record(item), "finish_reasons": ["stop", "stop", "length", "stop", "stop"]},
     )
     ranked = rank_builtin(c)
-    # right+clean, right but cut off, then the wrong ones by length ("85 is the sum" fails the number checker)
-    assert ranked.ranking == [[3], [2], [0], [1], [4]]
+    # right+clean, right but cut off, then the wrong ones tied ("85 is the sum" fails the number checker)
+    assert ranked.ranking == [[3], [2], [0, 1, 4]]
+    short = rank_builtin(Comparison(item.messages, [right + ".", right], None, item_record(item)))
+    assert short.ranking == [[1], [0]]  # brevity orders right answers
     assert ranked.extra["correct"] == [False, False, True, True, False]
     tie = rank_builtin(Comparison(item.messages, [right, right], None, item_record(item)))
     assert tie.ranking == [[0, 1]] and tie.pairs() == []

@@ -6,9 +6,12 @@ checker can verify (chatfactory.data.tasks). Answers are ordered by, in turn:
 1. correctness: the task's checker says right before wrong;
 2. a clean ending: the answer closed its turn with <|im_end|> ("finish_reasons" == "stop",
    written by `chatfactory sample`) before one that ran out of tokens;
-3. brevity: fewer characters first (the tasks want a short answer; rambling is worse).
+3. brevity, among right answers only: fewer characters first (the tasks want a short answer).
 
-Answers equal on all three form a tie group (see chatfactory.data.preferences for the ranking
+Wrong answers are not ordered by length: with a weak SFT model nearly every sample is wrong,
+so "shorter wrong beats longer wrong" would be most of the pairs, the reward model would learn
+brevity, and PPO would hack it (measured: reward up, checker accuracy 17% -> 0.3%).
+Answers equal on all keys form a tie group (see chatfactory.data.preferences for the ranking
 format). The rank is a pure function of the record, so labelling twice gives the same file.
 """
 
@@ -50,7 +53,7 @@ def check(c: Comparison, reply: str) -> bool:
 
 
 def sort_key(correct: bool, finished: bool, reply: str) -> tuple[int, int, int]:
-    return (0 if correct else 1, 0 if finished else 1, len(reply))
+    return (0 if correct else 1, 0 if finished else 1, len(reply) if correct else 0)
 
 
 def rank_builtin(c: Comparison) -> Comparison:
@@ -75,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="K-wise JSONL from `chatfactory sample` (.gz read directly)")
     p.add_argument("output", help="the same records with a 'ranking' (JSONL, .gz to compress)")
     p.add_argument("--labeller", default="builtin", choices=sorted(LABELLERS),
-                   help="builtin: task checker, then a clean <|im_end|> ending, then brevity")
+                   help="builtin: task checker, then a clean <|im_end|> ending, then brevity of right answers")
     p.set_defaults(func=main)
 
 
