@@ -99,6 +99,11 @@ def compare(
         }
         if per[name]["correct"]:
             result[name]["checker_accuracy"] = sum(per[name]["correct"]) / len(per[name]["correct"])
+            by_task: dict[str, list[bool]] = {}
+            for p, c in zip(prompts, correct):
+                if c is not None:
+                    by_task.setdefault(p.extra["task"], []).append(bool(c))
+            result[name]["checker_accuracy_by_task"] = {t: sum(v) / len(v) for t, v in by_task.items()}
     sampled = [a[0] for a in generate_answers(
         ppo, tokenizer, msgs, SamplingParams(max_new_tokens=max_new_tokens, temperature=kl_temperature, seed=seed),
         1, batch_size)]
