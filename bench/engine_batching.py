@@ -6,8 +6,8 @@
 N chat requests (different prompts, greedy) are submitted at once to one `Engine`; it prefills
 them together and decodes them as one batch. Reported per N: generated tokens / wall time from
 submit to the last token (prefill included), the decode-only rate (tokens after each request's
-first, over the span from the first first-token to the last token), per-stream rate and mean
-time to first token. No HTTP, no moderation: bench/serve_load.py measures the whole service.
+first, over the span from the first first-token to the last token), per-stream rate, mean
+time to first token, and tokens per CPU-second of the process (least disturbed by other load). No HTTP, no moderation: bench/serve_load.py measures the whole service.
 The target (issue "Chat service"): at 16 streams, aggregate >= llama.cpp's single-stream rate
 on the same machine (~111 tok/s measured on the 2-core dev box).
 """
@@ -46,11 +46,13 @@ def run(engine: Engine, n: int, new_tokens: int) -> dict[str, float]:
     ]
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0)
     steps0 = engine.decode_steps
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     reqs = [engine.submit(p, params) for p in prompts]
     for r in reqs:
         r.result()
     t1 = max(r.finished_at for r in reqs)
+    cpu = time.process_time() - cpu0
     total = sum(r.completion_tokens for r in reqs)
     first = min(r.first_token_at for r in reqs)
     decode_tokens = sum(r.completion_tokens - 1 for r in reqs)
@@ -63,6 +65,9 @@ def run(engine: Engine, n: int, new_tokens: int) -> dict[str, float]:
         "per_stream_tok_s": total / (t1 - t0) / n,
         "mean_ttft_s": sum(r.first_token_at - r.submitted_at for r in reqs) / n,
         "decode_steps": engine.decode_steps - steps0,
+        # tokens per CPU-second of this process: what other processes' load disturbs least
+        # (with --threads 1 on an idle core, wall-clock tokens/s comes close to it)
+        "cpu_tok_s": total / cpu,
     }
 
 
@@ -84,12 +89,15 @@ def main() -> None:
         print(f"# {args.model} on {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
               f"torch {torch.__version__}, {torch.get_num_threads()} threads, dtype {next(loaded.model.parameters()).dtype}, "
               f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-        print("streams  tokens  wall_s  aggregate_tok/s  decode_tok/s  per_stream_tok/s  mean_ttft_s  steps")
+        print(
+            "streams  tokens  wall_s  aggregate_tok/s  decode_tok/s  per_stream_tok/s  mean_ttft_s  steps  tok/cpu_s"
+        )
         for n in args.streams:
             r = run(engine, n, args.new_tokens)
             print(
                 f"{n:7d}  {r['tokens']:6d}  {r['wall_s']:6.2f}  {r['aggregate_tok_s']:15.1f}  {r['decode_tok_s']:12.1f}"
                 f"  {r['per_stream_tok_s']:16.1f}  {r['mean_ttft_s']:11.2f}  {r['decode_steps']:5d}"
+                f"  {r['cpu_tok_s']:9.1f}"
             )
     finally:
         engine.shutdown()

@@ -167,6 +167,36 @@ def test_cancel_frees_the_slot(loaded):
         engine.shutdown()
 
 
+def test_a_failed_prefill_fails_only_the_newcomer_and_shutdown_ends_everything(loaded):
+    engine = Engine(loaded, max_batch=4)
+    p = loaded.tokenizer.encode("To be")
+    long = SamplingParams(max_new_tokens=30, temperature=0)
+    a = engine.submit(p, long)
+    engine.step()
+
+    def fail_prefill(module, inputs):
+        if inputs[0].shape[1] > 1:  # a prefill, not a decode step
+            raise RuntimeError("out of memory (simulated)")
+
+    hook = loaded.model.embed.register_forward_pre_hook(fail_prefill)
+    try:
+        b = engine.submit(p, long)
+        engine.step()
+    finally:
+        hook.remove()
+    assert b.finish_reason == "error"
+    with pytest.raises(RuntimeError, match="generation failed: out of memory"):
+        b.result()
+    assert a.result() is not None and a.output_ids == alone(loaded, p, long)
+
+    c, d = engine.submit(p, long), engine.submit(p, long)
+    engine.step()
+    engine.shutdown()
+    assert c.finish_reason == "cancelled" and d.finish_reason == "cancelled"
+    with pytest.raises(RuntimeError, match="shut down"):
+        engine.submit(p, long)
+
+
 def test_context_window_and_bad_parameters(loaded, engine):
     ctx = engine.context_window
     before = engine.requests_submitted

@@ -258,6 +258,8 @@ class Engine:
         self.check(ids, params)
         req = EngineRequest(self, ids, params, stop)
         with self._cond:
+            if self._stopping:
+                raise RuntimeError(f"engine {self.name}: shut down")
             self._pending.append(req)
             self._cond.notify_all()
         return req
@@ -323,18 +325,25 @@ class Engine:
         return new
 
     def _iterate(self, new: list[EngineRequest]) -> None:
-        # grad mode is per thread: inference_mode is entered by whichever thread runs the loop
-        try:
-            with torch.inference_mode():
-                if new:
+        # grad mode is per thread: inference_mode is entered by whichever thread runs the loop.
+        # A failure must not kill the server: it fails the requests involved, and only those
+        # (a failed admission leaves the running batch untouched: it is merged in last).
+        with torch.inference_mode():
+            if new:
+                try:
                     self._admit(new)
-                if self._rows:
+                except Exception as e:
+                    log.exception("engine %s: prefill failed", self.name)
+                    for req in new:
+                        req._finish("error", e)
+            if self._rows:
+                try:
                     self._step()
-        except Exception as e:  # a model failure must not kill the server: fail this batch only
-            log.exception("engine %s: generation failed", self.name)
-            for req in new + [r.req for r in self._rows]:
-                req._finish("error", e)
-            self._reset_batch()
+                except Exception as e:
+                    log.exception("engine %s: decode step failed", self.name)
+                    for row in self._rows:
+                        row.req._finish("error", e)
+                    self._reset_batch()
 
     def _admit(self, reqs: list[EngineRequest]) -> None:
         """Prefill newcomers together (left-padded), sample their first tokens, merge them in."""
@@ -353,15 +362,20 @@ class Engine:
         rows = [rows[i] for i in keep]
         idx = torch.tensor(keep, device=self.device)
         all_rows = self._rows + rows
-        self._cache = batch_cache.merge(self.model, self._cache, cache, max(r.remaining for r in all_rows))
-        new_last = torch.tensor([toks[i] for i in keep], device=self.device)
-        new_pos = torch.tensor([len(r.req.prompt_ids) for r in rows], device=self.device)
-        cat = (lambda a, b: b) if not self._rows else (lambda a, b: torch.cat([a, b]))
-        self._last, self._next_pos = cat(self._last, new_last), cat(self._next_pos, new_pos)
-        self._temp, self._top_k, self._top_p = (
-            cat(a, b[idx]) for a, b in zip((self._temp, self._top_k, self._top_p), (temp, top_k, top_p))
+        merged = batch_cache.merge(self.model, self._cache, cache, max(r.remaining for r in all_rows))
+        new = (
+            torch.tensor([toks[i] for i in keep], device=self.device),
+            torch.tensor([len(r.req.prompt_ids) for r in rows], device=self.device),
+            temp[idx],
+            top_k[idx],
+            top_p[idx],
         )
-        self._rows = all_rows
+        if self._rows:
+            old = (self._last, self._next_pos, self._temp, self._top_k, self._top_p)
+            new = tuple(torch.cat([a, b]) for a, b in zip(old, new))
+        # assigned together, last: a failure above leaves the running batch as it was
+        self._cache, self._rows = merged, all_rows
+        self._last, self._next_pos, self._temp, self._top_k, self._top_p = new
         self.peak_batch = max(self.peak_batch, len(all_rows))
 
     def _step(self) -> None:
