@@ -73,6 +73,11 @@ _BOUNDARY_R = r"(?![a-z])"
 
 
 def compile_rule(rule: str, macros: dict[str, str] | None = None) -> re.Pattern[str]:
+    """`rule_regex` compiled (the rule layer joins the strings and compiles once)."""
+    return re.compile(rule_regex(rule, macros))
+
+
+def rule_regex(rule: str, macros: dict[str, str] | None = None) -> str:
     """Compile the rule mini-language into a regex over `normalize()`d text.
 
     A rule is words separated by spaces. `(a|b c|d*)` is a choice of words or
@@ -81,13 +86,13 @@ def compile_rule(rule: str, macros: dict[str, str] | None = None) -> re.Pattern[
     its entry in `macros`, and a rule starting with `re:` is a raw regex.
     """
     if rule.startswith("re:"):
-        return re.compile(rule[3:])
+        return rule[3:]
     for name, body in (macros or {}).items():
         rule = re.sub(rf"\b{name}\b", lambda _m, b=body: b, rule)
     firsts = _first_chars(rule)
     # a cheap look at the first letter before entering the rule: most rules fail there
     peek = "(?=[" + "".join(sorted(firsts)).replace("-", r"\-") + "])" if firsts else ""
-    return re.compile(BOUNDARY_L + peek + _compile_seq(rule))
+    return BOUNDARY_L + peek + _compile_seq(rule)
 
 
 def _first_chars(seq: str) -> set[str] | None:

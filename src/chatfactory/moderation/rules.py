@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .normalize import BOUNDARY_L, compile_rule, factor, normalize
+from .normalize import BOUNDARY_L, factor, normalize, rule_regex
 from .taxonomy import CATEGORIES, SIGNALS
 
 DEFAULT_RULES = Path(__file__).parent / "data" / "rules.yaml"
@@ -35,7 +35,6 @@ class RuleLayer:
         # strongest first. One pass over the text per category.
         self.patterns: dict[str, tuple[re.Pattern[str] | None, re.Pattern[str] | None]] = {}
         self.weights: dict[str, dict[str, float]] = {}
-        self.word_tiers: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
         self.damp: dict[str, float] = {}
         for section in ("categories", "signals"):
             for name, tiers in (spec.get(section) or {}).items():
@@ -43,13 +42,13 @@ class RuleLayer:
                 groups = []
                 if name in unless:
                     self.damp[name] = float(unless[name]["damp"])
-                    groups.append(("u", [compile_rule(r, macros) for r in unless[name]["rules"]]))
+                    groups.append(("u", [rule_regex(r, macros) for r in unless[name]["rules"]]))
                 tiers = sorted(tiers.items(), key=lambda kv: -float(kv[0]))
                 self.weights[name] = {f"t{i}": float(w) for i, (w, _) in enumerate(tiers)}
                 groups += [
-                    (f"t{i}", [compile_rule(r, macros) for r in rules]) for i, (_, rules) in enumerate(tiers)
+                    (f"t{i}", [rule_regex(r, macros) for r in rules]) for i, (_, rules) in enumerate(tiers)
                 ]
-                self.patterns[name], self.word_tiers[name] = _category_regex(groups)
+                self.patterns[name] = _category_regex(groups)
 
     def _hits(self, views: tuple[str, str], name: str) -> tuple[dict[str, set[str]], bool]:
         hits: dict[str, set[str]] = {}
@@ -58,10 +57,7 @@ class RuleLayer:
             if pat is None:
                 continue
             for m in pat.finditer(text):
-                group = m.lastgroup
-                if group == "w":  # a word rule: which tier? the first that matches here
-                    group = next(g for g, tier in self.word_tiers[name] if tier.match(text, m.start()))
-                group = group.split("_")[0]
+                group = m.lastgroup.split("_")[0]
                 if group == "u":
                     benign = True
                 else:
@@ -105,29 +101,28 @@ class RuleLayer:
 _NON_WORD = re.compile(r"[^a-z0-9@$+ ]+")
 
 
-def _category_regex(groups: list[tuple[str, list[re.Pattern[str]]]]):
-    """Regexes for a category: (word rules, raw rules), and each tier's word rules alone.
+def _category_regex(groups: list[tuple[str, list[str]]]):
+    """Two regexes for a category, (word rules, raw rules), with a named group per tier.
 
-    Word rules all start at a word, so all of them, every tier, are joined into one
-    trie on leading letters (`factor`) behind one literal space (the word view puts
-    a space before every word): `re` jumps from space to space in C and tests each
-    letter once, instead of trying hundreds of rules at every character. Which tier
-    a match belongs to is found afterwards, for the few matches there are. Rules
-    keep their priority (benign contexts, then strongest tier first) because the
-    trie keeps the order of alternatives that share a prefix.
+    Word rules all start at a word, so they are joined behind one literal space
+    (the word view puts a space before every word): `re` jumps from space to space
+    in C instead of trying every rule at every character. Within a tier, rules
+    that start with a plain letter form a trie (`factor`), and the others begin
+    with a one-character peek at their possible first letters: several times
+    faster than one regex per rule. Benign contexts come first, then the strongest
+    tier, so that is what a phrase is read as.
     """
-    words_all, tiers, raw = [], [], []
+    lead, raw = [], []
     for g, pats in groups:
-        words = [p.pattern[len(BOUNDARY_L) :] for p in pats if p.pattern.startswith(BOUNDARY_L)]
-        others = [p.pattern for p in pats if not p.pattern.startswith(BOUNDARY_L)]
+        words = [p[len(BOUNDARY_L) :] for p in pats if p.startswith(BOUNDARY_L)]
+        others = [p for p in pats if not p.startswith(BOUNDARY_L)]
         if words:
-            words_all += words
-            tiers.append((g, re.compile(" (?:" + factor(words) + ")")))
+            lead.append(f"(?P<{g}>{factor(words)})")
         if others:
             raw.append(f"(?P<{g}_raw>" + "|".join(f"(?:{r})" for r in others) + ")")
-    word_re = re.compile(" (?P<w>" + factor(words_all) + ")") if words_all else None
+    word_re = re.compile(" (?:" + "|".join(lead) + ")") if lead else None
     raw_re = re.compile("|".join(raw)) if raw else None
-    return (word_re, raw_re), tiers
+    return word_re, raw_re
 
 
 _SHARED: dict[str, RuleLayer] = {}
