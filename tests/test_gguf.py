@@ -57,26 +57,38 @@ def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+# K-quant block layouts (gguf/quants.py): bytes per 256 values, and where its f16 scales sit
+K_BLOCKS = {
+    Q.Q2_K: (84, {80: 1e-3, 82: 5e-4}),  # 16 scale bytes | 64 of 2-bit q | d | dmin
+    Q.Q3_K: (110, {108: 2e-4}),  # 32 hmask | 64 of 2-bit q | 12 scales | d
+    Q.Q4_K: (144, {0: 2e-4, 2: 1e-4}),  # d | dmin | 12 scales | 128 of nibbles
+    Q.Q5_K: (176, {0: 1e-4, 2: 1e-4}),  # d | dmin | 12 scales | 32 high bits | 128 of nibbles
+    Q.Q6_K: (210, {208: 2e-5}),  # 128 low nibbles | 64 high bits | 16 int8 scales | d
+}
+
+
 def random_k_blocks(qtype, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """Valid Q4_K / Q6_K bytes (gguf cannot quantize to these): random payload, small finite scales."""
+    """Valid K-quant bytes (gguf cannot quantize to these): random payload, small finite scales."""
+    size, scales = K_BLOCKS[qtype]
     n_blocks = cols // 256
-    if qtype == Q.Q4_K:  # d f16 | dmin f16 | 12 bytes of 6-bit scales/mins | 128 bytes of nibbles
-        blocks = rng.integers(0, 256, (rows, n_blocks, 144), dtype=np.uint8)
-        blocks[..., 0:2] = np.full((rows, n_blocks, 1), 2e-4, np.float16).view(np.uint8)
-        blocks[..., 2:4] = np.full((rows, n_blocks, 1), 1e-4, np.float16).view(np.uint8)
-    else:  # Q6_K: 128 bytes low nibbles | 64 bytes high bits | 16 int8 scales | d f16
-        blocks = rng.integers(0, 256, (rows, n_blocks, 210), dtype=np.uint8)
-        blocks[..., 208:210] = np.full((rows, n_blocks, 1), 2e-5, np.float16).view(np.uint8)
-    return blocks.reshape(rows, n_blocks * blocks.shape[-1])
+    blocks = rng.integers(0, 256, (rows, n_blocks, size), dtype=np.uint8)
+    for offset, value in scales.items():
+        blocks[..., offset : offset + 2] = np.full((rows, n_blocks, 1), value, np.float16).view(np.uint8)
+    return blocks.reshape(rows, n_blocks * size)
 
 
 def encode_weight(w: np.ndarray, qtype, rng) -> tuple[np.ndarray, np.ndarray]:
     """(bytes or array for the file, the float32 values it stands for), both in our row order."""
     if w.ndim == 1 or qtype == Q.F32:
         return w, w
-    data = (
-        random_k_blocks(qtype, *w.shape, rng) if qtype in (Q.Q4_K, Q.Q6_K) else gguf.quants.quantize(w, qtype)
-    )
+    if qtype in K_BLOCKS:
+        data = random_k_blocks(qtype, *w.shape, rng)
+    elif qtype == Q.IQ4_NL:  # f16 scale + 16 bytes of nibbles per 32 values; gguf cannot quantize to it
+        data = rng.integers(0, 256, (w.shape[0], w.shape[1] // 32, 18), dtype=np.uint8)
+        data[..., 0:2] = np.full((*data.shape[:2], 1), 1e-3, np.float16).view(np.uint8)
+        data = data.reshape(w.shape[0], -1)
+    else:
+        data = gguf.quants.quantize(w, qtype)
     return data, gguf.quants.dequantize(data, qtype).astype(np.float32)
 
 
@@ -219,10 +231,10 @@ def test_tokenizer_from_gguf_encodes_like_the_original_and_transformers(tokenize
 
 
 def test_unsupported_tensor_type_names_tensor_and_type(tokenizer, tmp_path):
-    path = tmp_path / "q5.gguf"
-    write_gguf(path, tiny_model(tokenizer), tokenizer, Q.Q5_0)
+    path = tmp_path / "iq4.gguf"
+    write_gguf(path, tiny_model(tokenizer), tokenizer, Q.IQ4_NL)
     with pytest.raises(
-        ValueError, match=r"q5\.gguf: tensor 'token_embd\.weight' has type Q5_0, which is not supported"
+        ValueError, match=r"iq4\.gguf: tensor 'token_embd\.weight' has type IQ4_NL, which is not supp"
     ):
         load_gguf(path)
 

@@ -19,9 +19,11 @@ import torch
 from .config import ModelConfig
 from .gpt import GPT
 
-# Tensor types we dequantize. Others (IQ*, Q5_*, Q2_K, ...) would likely work through
-# gguf.quants too, but are untested here, so they are refused by name.
-SUPPORTED_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+# Tensor types we dequantize (each one tested). Others that gguf.quants knows (the IQ* family,
+# ternary TQ*, MXFP4) are refused by name rather than loaded untested.
+SUPPORTED_TYPES = (
+    "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+)  # fmt: skip
 
 # GGUF tensor name (inside blk.N.) -> ours (inside layers.N.)
 _LAYER_NAMES = {
