@@ -278,6 +278,27 @@ def test_moderation_failure_fails_closed_by_default_and_open_when_configured(eng
     texts, result = run(flow_with(engine, BrokenModerator(), open_config), user("hello"))
     assert engine.requests_submitted == before + 1 and result.template_used is None
     assert "".join(texts) == result.content and not result.input_moderation.flagged
+    assert result.output_moderation.details["failed_closed"] is False  # recorded, not hidden
+
+
+class AnswerCheckDown(Moderator):
+    """Prompts are checked; every check of an answer raises (after the stream has started)."""
+
+    def __init__(self) -> None:
+        super().__init__(Policy(layers=[], stream={"min_chars": 4, "max_chars": 12}))
+
+    def moderate_output(self, answer, prompt=None, **kw):
+        raise TimeoutError("answer moderation timed out")
+
+
+def test_answer_moderation_failing_mid_stream(engine):
+    _, clean = run(flow_with(engine, word_moderator("no-such-word")), user("To be"))
+    texts, result = run(flow_with(engine, AnswerCheckDown()), user("To be"))
+    assert texts == [CONFIG.template_output_flagged] and result.finish_reason == "content_filter"
+    assert result.template_used == "output" and result.output_moderation.details["failed_closed"] is True
+    open_config = FlowConfig(**{**CONFIG.__dict__, "fail_closed": False})
+    texts, result = run(flow_with(engine, AnswerCheckDown(), open_config), user("To be"))
+    assert "".join(texts) == result.content == clean.content and result.template_used is None
 
 
 def test_the_shipped_moderator_and_config_end_to_end(tmp_path):

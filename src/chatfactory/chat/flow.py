@@ -84,7 +84,7 @@ class ChatFlow:
     async def stream(
         self, model: str, messages: list[dict], params: SamplingParams, stop: Sequence[str] = ()
     ) -> AsyncIterator[FlowEvent]:
-        """ "delta" events with moderated text, then one "done" event with the FlowResult.
+        """Yields "delta" events with moderated text, then one "done" event with the FlowResult.
         Bad input (unknown model, malformed messages, context window) raises ValueError before
         the first event. Closing the stream early cancels the generation."""
         t0 = time.perf_counter()
@@ -95,6 +95,7 @@ class ChatFlow:
             yield FlowEvent("done", result=self._input_template(verdict, t0))
             return
         prompt = self.build_prompt(engine, messages, params)
+        failure = None
         try:  # scores the prompt once, for the conversation-aware checks of every chunk
             watcher = await asyncio.to_thread(self.moderator.stream, user_text)
         except Exception as e:
@@ -110,7 +111,7 @@ class ChatFlow:
                 return
         req = engine.submit(prompt.ids, self._chat_params(engine, params), stop)
         shown: list[str] = []
-        flag = out_verdict = None
+        flag, out_verdict = None, failure  # failing open: the failure is the answer's verdict
         try:
             # aclosing: the engine stream's own cleanup runs now, not when garbage is collected
             async with contextlib.aclosing(req.stream()) as deltas:
