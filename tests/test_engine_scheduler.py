@@ -19,6 +19,16 @@ from chatfactory.engine.stops import REPLACEMENT, IncrementalDetokenizer, StopSt
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy shared machine torch's
+    threads wait for each other (a step can take 100x longer): run these tests on one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     return tiny_loaded(tmp_path_factory.mktemp("tiny") / "model")
@@ -249,6 +259,20 @@ def test_row_sampling_respects_each_rows_settings():
         assert out[0] == logits[0].argmax() and out[1] == logits[1].argmax() and out[2] == logits[2].argmax()
         allowed = torch.isfinite(process_logits(logits[3:], 0.8, 5, 0.9))[0]
         assert allowed[out[3]]
+
+
+def test_hugging_face_folders_serve_the_same_tokens(loaded, tmp_path):
+    from chatfactory.loader import load
+    from chatfactory.model.hf import export_hf_folder
+
+    hf = load(export_hf_folder(loaded.model, loaded.tokenizer, tmp_path / "hf"))
+    assert hf.source == "hf"
+    ps = prompts(loaded)[:3]
+    ours, theirs = Engine(loaded), Engine(hf)
+    a = [ours.submit(p, GREEDY) for p in ps]
+    b = [theirs.submit(p, GREEDY) for p in ps]
+    assert [r.result() for r in a] == [r.result() for r in b]
+    assert [r.output_ids for r in a] == [r.output_ids for r in b]
 
 
 def test_generate_command_streams_the_engines_text(loaded, capsys):
