@@ -122,7 +122,7 @@ def test_real_hh_rlhf_file_reads_directly_from_gzip():
 
 
 # ---- sampling K answers and the scripted labeller ----------------------------------------------
-def test_builtin_labeller_ranks_by_checker_then_clean_end_then_brevity():
+def test_builtin_labeller_ranks_by_checker_then_clean_end():
     from chatfactory.data.tasks import TASKS
     from chatfactory.train.labeller import item_record, rank_builtin
 
@@ -137,8 +137,8 @@ def test_builtin_labeller_ranks_by_checker_then_clean_end_then_brevity():
     ranked = rank_builtin(c)
     # right+clean, right but cut off, then the wrong ones tied ("85 is the sum" fails the number checker)
     assert ranked.ranking == [[3], [2], [0, 1, 4]]
-    short = rank_builtin(Comparison(item.messages, [right + ".", right], None, item_record(item)))
-    assert short.ranking == [[1], [0]]  # brevity orders right answers
+    same = rank_builtin(Comparison(item.messages, [right + ".", right], None, item_record(item)))
+    assert same.ranking == [[0, 1]]  # both right and clean: a tie, whatever their lengths
     assert ranked.extra["correct"] == [False, False, True, True, False]
     tie = rank_builtin(Comparison(item.messages, [right, right], None, item_record(item)))
     assert tie.ranking == [[0, 1]] and tie.pairs() == []

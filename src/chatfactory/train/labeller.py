@@ -5,14 +5,15 @@ checker can verify (chatfactory.data.tasks). Answers are ordered by, in turn:
 
 1. correctness: the task's checker says right before wrong;
 2. a clean ending: the answer closed its turn with <|im_end|> ("finish_reasons" == "stop",
-   written by `chatfactory sample`) before one that ran out of tokens;
-3. brevity, among right answers only: fewer characters first (the tasks want a short answer).
+   written by `chatfactory sample`) before one that ran out of tokens.
 
-Wrong answers are not ordered by length: with a weak SFT model nearly every sample is wrong,
-so "shorter wrong beats longer wrong" would be most of the pairs, the reward model would learn
-brevity, and PPO would hack it (measured: reward up, checker accuracy 17% -> 0.3%).
-Answers equal on all keys form a tie group (see chatfactory.data.preferences for the ranking
-format). The rank is a pure function of the record, so labelling twice gives the same file.
+Answers equal on both form a tie group (skipped by the loss; see chatfactory.data.preferences
+for the ranking format). No brevity key, measured on the tiny preset: ordering wrong answers
+by length taught the reward model "shorter is better" (PPO then cut every answer: reward up,
+checker accuracy 17% -> 0.3%), and ordering right answers by length taught it to prefer a
+clipped "I am Quill, a small assory." to the right identity answer (identity 93% -> 0%).
+The checkers are exact, so among right answers length carries no information to learn.
+The rank is a pure function of the record, so labelling twice gives the same file.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def check(c: Comparison, reply: str) -> bool:
     return bool(TASKS[item.task].check(item, reply))
 
 
-def sort_key(correct: bool, finished: bool, reply: str) -> tuple[int, int, int]:
-    return (0 if correct else 1, 0 if finished else 1, len(reply) if correct else 0)
+def sort_key(correct: bool, finished: bool) -> tuple[int, int]:
+    return (0 if correct else 1, 0 if finished else 1)
 
 
 def rank_builtin(c: Comparison) -> Comparison:
@@ -63,7 +64,7 @@ def rank_builtin(c: Comparison) -> Comparison:
     finish = c.extra.get("finish_reasons") or ["stop"] * len(c.responses)
     if len(finish) != len(c.responses):
         raise ValueError(f"{c.where}: 'finish_reasons' has {len(finish)} entries for {len(c.responses)} responses")
-    keys = [sort_key(bool(checker(item, r)), f == "stop", r) for r, f in zip(c.responses, finish)]
+    keys = [sort_key(bool(checker(item, r)), f == "stop") for r, f in zip(c.responses, finish)]
     order = sorted(range(len(keys)), key=lambda i: keys[i])
     ranking = [list(g) for _, g in groupby(order, key=lambda i: keys[i])]
     correct = [bool(k[0] == 0) for k in keys]
@@ -78,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="K-wise JSONL from `chatfactory sample` (.gz read directly)")
     p.add_argument("output", help="the same records with a 'ranking' (JSONL, .gz to compress)")
     p.add_argument("--labeller", default="builtin", choices=sorted(LABELLERS),
-                   help="builtin: task checker, then a clean <|im_end|> ending, then brevity of right answers")
+                   help="builtin: task checker, then a clean <|im_end|> ending")
     p.set_defaults(func=main)
 
 
