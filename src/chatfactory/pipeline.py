@@ -146,10 +146,13 @@ def stage_rank(ctx: StageContext) -> dict:
         raise ValueError(f"rank.labeller: unknown labeller {name!r} (known: {', '.join(LABELLERS)})")
     comps = read_preferences(ctx.input_dir("sample") / "samples.jsonl", require_ranking=False)
     ranked = [LABELLERS[name](c) for c in comps]
-    n = write_preferences(ctx.stage_dir / "rankings.jsonl", ranked)
     correct = [x for c in ranked for x in c.extra.get("correct", [])]
-    distinct = sum(len(c.ranking) > 1 for c in ranked)
-    return {"comparisons": n, "with_a_preference": distinct, "sampled_accuracy": sum(correct) / max(len(correct), 1)}
+    # rankings from people (`chatfactory feedback export`) or other files join the scripted ones
+    imported = [c for f in ctx.config.get("import", []) for c in read_preferences(f)]
+    n = write_preferences(ctx.stage_dir / "rankings.jsonl", ranked + imported)
+    distinct = sum(len(c.ranking) > 1 for c in ranked + imported)
+    return {"comparisons": n, "imported": len(imported), "with_a_preference": distinct,
+            "sampled_accuracy": sum(correct) / max(len(correct), 1)}
 
 
 def stage_reward(ctx: StageContext) -> dict:
