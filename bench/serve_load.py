@@ -56,13 +56,30 @@ def percentile(xs: list[float], q: float) -> float:
 class Server:
     """`chatfactory serve` in a subprocess (its own GIL: the load generator must not share it)."""
 
-    def __init__(self, model: str, db_url: str, extra_env: dict[str, str] | None = None, extra_args: list[str] = ()):
+    def __init__(
+        self, model: str, db_url: str, extra_env: dict[str, str] | None = None, extra_args: list[str] = ()
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ, **(extra_env or {}))
-        cmd = [sys.executable, "-m", "chatfactory.cli", "serve", "--model", model, "--port", str(self.port),
-               "--db", db_url, "--log-level", "warning", *extra_args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "chatfactory.cli",
+            "serve",
+            "--model",
+            model,
+            "--port",
+            str(self.port),
+            "--db",
+            db_url,
+            "--log-level",
+            "warning",
+            *extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         deadline = time.time() + 600
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -110,18 +127,31 @@ class Level:
         tokens = sum(e.completion_tokens for e in ok)
         ttfts = [e.ttft for e in ok if e.ttft is not None]
         return {
-            "concurrency": self.concurrency, "requests": len(self.exchanges), "errors": len(self.exchanges) - len(ok),
-            "completion_tokens": tokens, "wall_s": round(self.wall_s, 2),
+            "concurrency": self.concurrency,
+            "requests": len(self.exchanges),
+            "errors": len(self.exchanges) - len(ok),
+            "completion_tokens": tokens,
+            "wall_s": round(self.wall_s, 2),
             "tokens_per_s": round(tokens / self.wall_s, 1) if self.wall_s else 0.0,
-            "ttft_p50_ms": round(percentile(ttfts, 0.5) * 1000), "ttft_p95_ms": round(percentile(ttfts, 0.95) * 1000),
+            "ttft_p50_ms": round(percentile(ttfts, 0.5) * 1000),
+            "ttft_p95_ms": round(percentile(ttfts, 0.95) * 1000),
             "s_per_answer_mean": round(statistics.mean(e.seconds for e in ok), 3) if ok else None,
         }
 
 
-async def one_exchange(client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int, seed: int) -> Exchange:
+async def one_exchange(
+    client: httpx.AsyncClient, model: str, prompt: str, max_tokens: int, seed: int
+) -> Exchange:
     ex = Exchange()
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0.7, "seed": seed, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.7,
+        "seed": seed,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
     t0 = time.perf_counter()
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -166,7 +196,9 @@ async def run_level(url: str, model: str, concurrency: int, seconds: float, max_
     async def worker(client: httpx.AsyncClient) -> None:
         while time.perf_counter() < stop_at:  # start no new request after the deadline
             i = next(counter)
-            level.exchanges.append(await one_exchange(client, model, PROMPTS[i % len(PROMPTS)], max_tokens, seed=i))
+            level.exchanges.append(
+                await one_exchange(client, model, PROMPTS[i % len(PROMPTS)], max_tokens, seed=i)
+            )
 
     limits = httpx.Limits(max_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
@@ -185,7 +217,9 @@ def check_database(db_url: str, exchanges: list[Exchange]) -> dict:
             if ex.error is not None:
                 continue
             rows = c.execute(
-                sa.text("SELECT role, content, finish_reason FROM messages WHERE conversation_id = :c ORDER BY position"),
+                sa.text(
+                    "SELECT role, content, finish_reason FROM messages WHERE conversation_id = :c ORDER BY position"
+                ),
                 {"c": ex.conversation_id},
             ).all()
             roles = [r[0] for r in rows]
@@ -203,38 +237,44 @@ def llama_cpp_single_stream(gguf: Path, n: int, max_tokens: int, threads: int = 
     except ImportError as e:
         return {"skipped": f"llama-cpp-python not importable ({e})"}
     llm = Llama(model_path=str(gguf), n_threads=threads, n_ctx=2048, verbose=False, seed=0)
-    tokens, seconds, ttfts = 0, 0.0, []
+    llm.create_chat_completion(messages=[{"role": "user", "content": "Hi"}], max_tokens=4)  # warm-up
+    tokens, seconds = 0, 0.0
     for i in range(n):
         t0 = time.perf_counter()
-        first = None
-        count = 0
-        for chunk in llm.create_chat_completion(
-            messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], max_tokens=max_tokens,
-            temperature=0.7, stream=True,
-        ):
-            if chunk["choices"][0]["delta"].get("content"):
-                first = first or time.perf_counter() - t0
-                count += 1  # llama.cpp streams one token per chunk
-        seconds += time.perf_counter() - t0
-        tokens += count
-        ttfts.append(first or 0.0)
-    return {"threads": threads, "answers": n, "completion_tokens": tokens, "tokens_per_s": round(tokens / seconds, 1),
-            "ttft_p50_ms": round(percentile(ttfts, 0.5) * 1000)}
+        r = llm.create_chat_completion(
+            messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            max_tokens=max_tokens,
+            temperature=0.7,
+        )
+        seconds += time.perf_counter() - t0  # prompt processing included, as in our numbers
+        tokens += r["usage"]["completion_tokens"]
+    return {
+        "threads": threads,
+        "answers": n,
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 1),
+    }
 
 
 async def sequential(url: str, model: str, n: int, max_tokens: int) -> list[Exchange]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        return [await one_exchange(client, model, PROMPTS[i % len(PROMPTS)], max_tokens, seed=i) for i in range(n)]
+        return [
+            await one_exchange(client, model, PROMPTS[i % len(PROMPTS)], max_tokens, seed=i) for i in range(n)
+        ]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--levels", default="1,4,16", help="concurrency levels, comma-separated")
-    ap.add_argument("--seconds", type=float, default=30.0, help="load time per level (requests started before it end)")
+    ap.add_argument(
+        "--seconds", type=float, default=30.0, help="load time per level (requests started before it end)"
+    )
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--llama-answers", type=int, default=8, help="llama.cpp single-stream answers (0: skip)")
-    ap.add_argument("--moderation-answers", type=int, default=8, help="answers each with moderation on/off (0: skip)")
+    ap.add_argument(
+        "--moderation-answers", type=int, default=8, help="answers each with moderation on/off (0: skip)"
+    )
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
 
@@ -269,11 +309,16 @@ def main() -> int:
         server.stop()
 
     if args.moderation_answers:
-        off_server = Server(args.model, f"sqlite:///{tmp / 'bench-off.db'}",
-                            extra_args=["--moderation-config", str(Path(__file__).with_name("moderation_off.yaml"))])
+        off_server = Server(
+            args.model,
+            f"sqlite:///{tmp / 'bench-off.db'}",
+            extra_args=["--moderation-config", str(Path(__file__).with_name("moderation_off.yaml"))],
+        )
         try:
             asyncio.run(sequential(off_server.url, off_server.model, 2, 16))
-            off = asyncio.run(sequential(off_server.url, off_server.model, args.moderation_answers, args.max_tokens))
+            off = asyncio.run(
+                sequential(off_server.url, off_server.model, args.moderation_answers, args.max_tokens)
+            )
         finally:
             off_server.stop()
 
@@ -286,9 +331,12 @@ def main() -> int:
 
         on_ms, off_ms = per_token_ms(on), per_token_ms(off)
         out["moderation"] = {
-            "answers": args.moderation_answers, "s_per_answer_on": round(per_answer(on), 3),
-            "s_per_answer_off": round(per_answer(off), 3), "ms_per_token_on": round(on_ms, 2),
-            "ms_per_token_off": round(off_ms, 2), "overhead_pct_per_token": round(100 * (on_ms / off_ms - 1), 1),
+            "answers": args.moderation_answers,
+            "s_per_answer_on": round(per_answer(on), 3),
+            "s_per_answer_off": round(per_answer(off), 3),
+            "ms_per_token_on": round(on_ms, 2),
+            "ms_per_token_off": round(off_ms, 2),
+            "overhead_pct_per_token": round(100 * (on_ms / off_ms - 1), 1),
         }
         print("moderation on vs off:", out["moderation"], flush=True)
 
