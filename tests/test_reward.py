@@ -164,3 +164,15 @@ def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
     scores = [float(rm.score(torch.tensor([prompt + response_ids(a, tok)]))) for a in answers]
     assert scores[0] > scores[1] > scores[2]
     assert abs(sum(scores) / 3) < 1.0  # normalised on the training answers: centred near 0
+
+
+def test_freeze_bottom_layers_stops_their_gradients():
+    from chatfactory.train.reward import freeze_bottom
+
+    rm = tiny_rm()
+    freeze_bottom(rm.backbone, 1)
+    rm(torch.tensor([[1, 2, 3]])).sum().backward()
+    assert rm.backbone.embed.weight.grad is None and rm.backbone.layers[0].attn.q.weight.grad is None
+    assert rm.backbone.layers[1].attn.q.weight.grad is not None and rm.head.weight.grad is not None
+    with pytest.raises(ValueError, match="has 2 blocks"):
+        freeze_bottom(rm.backbone, 3)
