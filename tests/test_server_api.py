@@ -238,3 +238,40 @@ def test_stream_n2_and_stored_choices(local_server, client):
     assert finished == {0, 1}
     rows = [m for m in stored(local_server, chunks[0].model_extra["conversation_id"]) if m.role == "assistant"]
     assert {m.choice_index: m.content for m in rows} == texts
+
+
+def test_flagged_output_is_replaced_by_the_template(tiny_engine, tmp_path):
+    """Steps 6-7 through the API: a policy whose one rule flags any non-ASCII character — which
+    the tiny random model writes and the prompt lacks — so the answer, not the prompt, is flagged."""
+    from server_fixtures import free_port, start_server
+
+    from chatfactory.server.settings import Settings
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text('categories:\n  violence:\n    0.99:\n      - "re:[^\\x00-\\x7f]"\n')
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"layers:\n  - type: rules\n    path: {rules}\n")
+    settings = Settings(port=free_port(), database_url=f"sqlite:///{tmp_path / 'db.sqlite'}", models=[MODEL],
+                        moderation_config=str(policy))
+    server = start_server(settings, {MODEL: tiny_engine})
+    try:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        template = server.runtime.flow.config.template_output_flagged
+        for stream in (False, True):
+            kw = {"model": MODEL, "messages": HELLO, "max_tokens": 64, "temperature": 1.0, "seed": 3}
+            if stream:
+                chunks = list(client.chat.completions.create(stream=True, **kw))
+                content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                end = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
+                choice, moderation, conv_id = end.choices[0], end.moderation, chunks[0].model_extra["conversation_id"]
+            else:
+                r = client.chat.completions.create(**kw)
+                choice, moderation, conv_id = r.choices[0], r.moderation, r.model_extra["conversation_id"]
+                content = choice.message.content
+            assert choice.finish_reason == "content_filter" and choice.model_extra["template_used"] == "output"
+            assert content.endswith(template) and content.isascii()  # the flagged text was never shown
+            assert not moderation.input.results[0].flagged and moderation.output.results[0].flagged
+            answer = stored(server, conv_id)[-1]
+            assert answer.content == content and answer.flagged and answer.template_used == "output"
+    finally:
+        server.stop()
