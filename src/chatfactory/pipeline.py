@@ -46,11 +46,15 @@ def load_pipeline_config(preset: str, overrides: list[str] = ()) -> dict:
 
 
 def _section(ctx: StageContext, base_preset: str | None = None) -> dict:
-    """This stage's config: the stage preset's defaults, then the pipeline's section."""
-    data = read_yaml(base_preset) if base_preset else {}
+    """This stage's config: a stage preset's defaults (the section's `base`, else base_preset),
+    then the pipeline's section over it."""
+    section = copy.deepcopy(ctx.config)
+    section.pop("_run", None)
+    base = section.pop("base", base_preset)
+    data = read_yaml(base) if base else {}
     data.pop("description", None)
-    _deep_merge(data, copy.deepcopy(ctx.config))
-    return data
+    data.pop("out_dir", None)
+    return _deep_merge(data, section)
 
 
 def _deep_merge(into: dict, new: dict) -> dict:
@@ -71,7 +75,8 @@ def _resume(stage_dir: Path) -> bool:
 def stage_tokenizer(ctx: StageContext) -> dict:
     from chatfactory.train.pretrain import PretrainConfig, prepare_data
 
-    cfg = from_dict(PretrainConfig, {k: v for k, v in _section(ctx, "tiny").items() if k in ("data", "tokenizer")})
+    # the tokenizer section holds PretrainConfig's data and tokenizer groups
+    cfg = from_dict(PretrainConfig, {k: v for k, v in _section(ctx).items() if k in ("data", "tokenizer")})
     tok, shards = prepare_data(cfg, ctx.stage_dir)
     splits = shards.manifest["splits"]
     return {
@@ -85,6 +90,7 @@ def stage_pretrain(ctx: StageContext) -> dict:
     from chatfactory.train.pretrain import PretrainConfig, run
 
     data = _section(ctx, "tiny")
+    data.pop("data", None), data.pop("tokenizer", None)  # both come from the tokenizer stage
     tok_dir = ctx.input_dir("tokenizer")
     data.setdefault("tokenizer", {})["path"] = str(tok_dir / "tokenizer")
     data.setdefault("data", {})["shards"] = str(tok_dir / "shards")
@@ -127,7 +133,7 @@ def stage_sample(ctx: StageContext) -> dict:
     from chatfactory.loader import load
     from chatfactory.train.sample import sample_comparisons, task_prompts
 
-    c = {"k": 4, "n_prompts": 400, "temperature": 1.0, "max_new_tokens": 24, "seed": 0, **ctx.config}
+    c = {"k": 4, "n_prompts": 400, "temperature": 1.0, "max_new_tokens": 24, "seed": 0, **_section(ctx)}
     sft = load(ctx.input_dir("sft") / "model")
     prompts = task_prompts(ctx.full_config.get("tasks", "builtin"), "train", c["n_prompts"], c["seed"])
     params = SamplingParams(max_new_tokens=c["max_new_tokens"], temperature=c["temperature"], top_p=c.get("top_p", 1.0),
@@ -187,7 +193,7 @@ def stage_eval(ctx: StageContext) -> dict:
     from chatfactory.train.reward_model import load_reward_model
     from chatfactory.train.sample import task_prompts
 
-    c = {"n": 100, "max_new_tokens": 32, "seed": 0, **ctx.config}
+    c = {"n": 100, "max_new_tokens": 32, "seed": 0, **_section(ctx)}
     tasks = ctx.full_config.get("tasks", "builtin")
     sft, ppo = load(ctx.input_dir("sft") / "model"), load(ctx.input_dir("ppo") / "model")
     rm, _, _ = load_reward_model(ctx.input_dir("reward") / "model")
@@ -311,9 +317,11 @@ def run_pipeline(preset: str, out: str | Path, overrides: list[str] = (), from_s
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.json").write_text(json.dumps({"preset": preset, "overrides": list(overrides), "config": cfg},
                                                       indent=2) + "\n")
-    # stage configs must not carry the runner-only keys into the stages' dataclasses
-    stage_cfg = {k: ({kk: vv for kk, vv in v.items() if kk != "expected_s"} if isinstance(v, dict) else v)
-                 for k, v in cfg.items()}
+    # stage configs must not carry the runner-only keys into the stages' dataclasses; the run-wide
+    # keys go into every section under "_run" so that changing them re-runs the stages (fingerprints)
+    run_wide = {k: cfg[k] for k in ("tasks", "base_model", "seed") if k in cfg}
+    stage_cfg = {k: ({**{kk: vv for kk, vv in v.items() if kk != "expected_s"}, "_run": run_wide}
+                     if isinstance(v, dict) else v) for k, v in cfg.items()}
     return run_stages(build_stages(cfg), run_dir, stage_cfg, from_stage, until_stage)
 
 
