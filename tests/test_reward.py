@@ -110,7 +110,8 @@ def test_save_and_load_roundtrip(tmp_path):
     save_reward_model(tmp_path / "rm", rm, tok, {"stage": "reward"})
     back, tok2, meta = load_reward_model(tmp_path / "rm")
     x = torch.tensor([[3, 4, 5, 6]])
-    assert float(back.score(x)) == pytest.approx(float(rm.eval().score(x)), abs=1e-6)
+    with torch.no_grad():
+        assert float(back.score(x)) == pytest.approx(float(rm.eval().score(x)), abs=1e-6)
     assert tok2.fingerprint() == tok.fingerprint()
     assert meta["reward"]["mean"] == 0.25 and meta["reward"]["std"] == 2.0
     assert load(tmp_path / "rm").model.config.d_model == 16  # the backbone is an ordinary model folder
