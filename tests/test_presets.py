@@ -64,7 +64,13 @@ def test_gpu_presets_start_on_cpu(tmp_path, preset):
 @pytest.mark.slow
 def test_smollm2_pipeline_end_to_end_on_cpu(tmp_path):
     out = tmp_path / "smollm2"
-    tiny_counts = [
+    # a few steps leave the answers tied under the checker; people's rankings (as the chat page
+    # exports them) make sure the reward model has pairs
+    people = tmp_path / "people.jsonl"
+    people.write_text("".join(
+        json.dumps({"prompt": f"What is {a} + {a}?", "responses": [str(2 * a), "I don't know"], "ranking": [0, 1]})
+        + "\n" for a in range(10, 20)))
+    tiny_counts = [f"rank.import=[{people}]",
         "sft.train.max_steps=2", "sft.train.micro_batch_size=2", "sft.max_eval_conversations=4", "sft.eval_n=2",
         "sft.builtin_scale=0.01", "sample={k: 2, n_prompts: 8, max_new_tokens: 8}",
         "reward.train.max_steps=2", "reward.train.micro_batch_size=2", "reward.norm_samples=8",
