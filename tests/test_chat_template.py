@@ -9,6 +9,7 @@ import pytest
 from chatfactory.tokenizer import IM_END, IM_START, Tokenizer
 from chatfactory.tokenizer.chat_template import (
     JINJA_CHAT_TEMPLATE,
+    JINJA_CHAT_TEMPLATE_WITH_MASK,
     SMOLLM2_DEFAULT_SYSTEM,
     render,
     render_prompt,
@@ -101,14 +102,18 @@ def _transformers_tokenizer(tok: Tokenizer, folder, template: str = JINJA_CHAT_T
 def test_transformers_parity_ids_and_assistant_mask(tok, tmp_path):
     hf = _transformers_tokenizer(tok, tmp_path)
     assert hf.chat_template == JINJA_CHAT_TEMPLATE  # also exported in tokenizer_config.json
+    masked = _transformers_tokenizer(tok, tmp_path / "mask", JINJA_CHAT_TEMPLATE_WITH_MASK)
+    jinja2 = pytest.importorskip("jinja2")
+    plain = jinja2.Environment().from_string(JINJA_CHAT_TEMPLATE)  # no transformers extensions needed
     for msgs in _random_conversations(200):
         ids, mask = render(msgs, tok)
-        got = hf.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        got = hf.apply_chat_template(msgs, tokenize=True, return_dict=True)
         assert got["input_ids"] == ids, msgs
-        if msgs[-1]["role"] == "assistant" or any(m["role"] == "assistant" for m in msgs):
-            assert got["assistant_masks"] == mask, msgs
+        got = masked.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert got["input_ids"] == ids and got["assistant_masks"] == mask, msgs
         prompt = hf.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True)
         assert prompt["input_ids"] == render_prompt(msgs, tok)
+        assert plain.render(messages=msgs, add_generation_prompt=True) == render_text(msgs, True)
 
 
 def _smollm2_gguf():

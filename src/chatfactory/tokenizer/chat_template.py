@@ -35,9 +35,20 @@ GENERATION_PROMPT = f"{IM_START}assistant\n"
 # conversation starts without a system message.
 SMOLLM2_DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
-# The same format for transformers / TRL. `{% generation %}` marks the trained span, so
-# `apply_chat_template(..., return_assistant_tokens_mask=True)` gives our loss mask too.
+# The same format as a Jinja chat_template (exported in tokenizer_config.json): plain Jinja, so
+# every renderer takes it (transformers, vLLM, llama.cpp after GGUF conversion, Ollama).
 JINJA_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+# The same again with transformers' `{% generation %}` marks around the trained span, so that
+# `apply_chat_template(..., return_assistant_tokens_mask=True)` (TRL's assistant_only_loss)
+# gives our loss mask. A transformers extension: plain Jinja renderers reject the tag, which
+# is why it is not the exported template.
+JINJA_CHAT_TEMPLATE_WITH_MASK = (
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{{- '<|im_start|>assistant\\n' -}}"
@@ -49,7 +60,6 @@ JINJA_CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
 )
-
 
 def render(
     messages: Sequence[dict[str, Any]],
