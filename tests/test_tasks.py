@@ -48,17 +48,19 @@ def test_shakespeare_lines_are_held_out_across_tasks():
 
 
 def test_choice_items_are_well_formed_and_checked():
-    plays = {s.play for s in speeches()}
-    assert len(plays) >= 37
-    for it in TASKS["play_choice"].items("test", 50):
-        meta = dict(it.meta)
-        assert it.answer in meta["options"] and len(set(meta["options"])) == 3 and set(meta["options"]) <= plays
-        wrong = [o for o in meta["options"] if o != it.answer]
-        check = TASKS["play_choice"].check
-        assert check(it, meta["letter"]) and check(it, it.answer.upper()) and not any(check(it, w) for w in wrong)
-        assert not check(it, f"{it.answer} or {wrong[0]}")  # hedging between options is wrong
-    for it in TASKS["speaker_choice"].items("test", 50):
-        assert it.answer in dict(it.meta)["options"] and f"{dict(it.meta)['letter']}) {it.answer}" in it.prompt
+    assert len({s.play for s in speeches()}) >= 37
+    for name in ("play_choice", "speaker_choice"):
+        check = TASKS[name].check
+        for it in TASKS[name].items("test", 50):
+            meta = dict(it.meta)
+            right, letter = meta["right"], meta["letter"]
+            assert right in meta["options"] and len(set(meta["options"])) == 3 and f"{letter}) {right}" in it.prompt
+            assert it.answer == (right if name == "play_choice" else letter)
+            wrong = [o for o in meta["options"] if o != right]
+            assert check(it, letter) and check(it, right.upper()) and check(it, f"{letter}) {right}")
+            assert not any(check(it, w) for w in wrong) and not check(it, f"{right} or {wrong[0]}")
+            assert not any(check(it, x) for x in "ABC".replace(letter, ""))
+    assert {s.play for s in speeches()} >= {dict(it.meta)["right"] for it in TASKS["play_choice"].items("test", 50)}
 
 
 def test_answers_are_right():

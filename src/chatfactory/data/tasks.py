@@ -5,16 +5,21 @@ arithmetic and a fixed identity. Every task is deterministic (a seed gives the s
 has a ground-truth checker, and splits its source so that held-out ("test") prompts never
 appear in training ("train"):
 
-- play_choice: "Which play is this line from? A) .. B) .. C) .." -> the title (or its letter).
-- speaker_choice: "Who speaks this line in <play>? A) .. B) .. C) .." -> the speaker's name.
+- play_choice: "Which play is this line from? A) .. B) .. C) .." -> the title (copied from the
+  options; the letter is accepted too).
+- speaker_choice: "Who speaks this line in <play>? Answer with the letter. A) .. B) .. C) .."
+  -> the letter (the name is accepted too).
 - next_word: "Continue this line from <play> with one word: '...'" -> the next word.
 - add2 / add3: "What is 47 + 38?" -> "85" (2- and 3-digit operands).
 - identity: "Who are you?" and paraphrases -> IDENTITY_ANSWER; the test split asks in words
   never used in training.
 
-Chance on the three-option tasks is 1/3, so a tiny model that has learned the format sits
-in the "partly right" band from which a reward model and PPO have room to show gains; the
-arithmetic tasks measure real skill and move most with training.
+Chance on the three-option tasks is 1/3. Answering with a letter puts a tiny model that has
+learned the format in the "partly right" band at once (speaker_choice; the right speaker is
+drawn in proportion to lines spoken, the distractors uniformly, so knowing who talks most
+beats chance); answering with the title needs the model to copy an option, which it learns
+more slowly, leaving a reward model and PPO room to show gains (play_choice). The arithmetic
+tasks measure real skill and move most with training.
 
 Shakespeare lines are assigned to train or test by a hash of (play, line), shared by every
 Shakespeare task, so a held-out line is unseen by all of them.
@@ -81,10 +86,11 @@ def check_exact(item: TaskItem, reply: str) -> bool:
 
 
 def check_choice(item: TaskItem, reply: str) -> bool:
-    """The right option's text, its letter, or "B) text"; any other option is wrong."""
-    got = normalize(reply)
-    letter = dict(item.meta)["letter"].lower()
-    return got in (normalize(item.answer), letter, f"{letter} {normalize(item.answer)}")
+    """The right option's letter, its text, or "B) text", whichever form was trained; any
+    other option, or a mix of two, is wrong."""
+    meta = dict(item.meta)
+    letter, right = meta["letter"].lower(), normalize(meta.get("right", item.answer))
+    return normalize(reply) in (letter, right, f"{letter} {right}")
 
 
 def check_number(item: TaskItem, reply: str) -> bool:
@@ -137,12 +143,17 @@ def _speakers_by_play() -> dict[str, tuple[str, ...]]:
     return {p: tuple(sorted(k for k, n in c.items() if n >= 5 and k.lower() != "all")) for p, c in counts.items()}
 
 
-def _choice_item(task: str, question: str, right: str, pool: list[str], rng: random.Random) -> TaskItem:
+def _choice_item(
+    task: str, question: str, right: str, pool: list[str], rng: random.Random, answer_with: str
+) -> TaskItem:
+    """Three options in random order; the reference reply is the right option's "text" or "letter"."""
     options = [right, *rng.sample([p for p in pool if p != right], N_OPTIONS - 1)]
     rng.shuffle(options)
     letter = LETTERS[options.index(right)]
     listed = "\n".join(f"{LETTERS[i]}) {o}" for i, o in enumerate(options))
-    return TaskItem(task, f"{question}\n{listed}", right, (("letter", letter), ("options", tuple(options))))
+    reply = right if answer_with == "text" else letter
+    meta = (("letter", letter), ("options", tuple(options)), ("right", right))
+    return TaskItem(task, f"{question}\n{listed}", reply, meta)
 
 
 def _sample_lines(split: str, n: int, seed: int, salt: str) -> list[tuple[str, str, str]]:
@@ -155,7 +166,7 @@ def make_play_choice(split: str, n: int, seed: int) -> list[TaskItem]:
     rng = random.Random(f"play_choice:{split}:{seed}:options")
     plays = sorted({s.play for s in speeches()})
     return [
-        _choice_item("play_choice", f'Which play is this line from?\n"{line}"', play, plays, rng)
+        _choice_item("play_choice", f'Which play is this line from?\n"{line}"', play, plays, rng, "text")
         for play, _, line in _sample_lines(split, n, seed, "play_choice")
     ]
 
@@ -168,7 +179,8 @@ def make_speaker_choice(split: str, n: int, seed: int) -> list[TaskItem]:
         pool = speakers[play]
         if speaker not in pool or len(pool) < N_OPTIONS:
             continue
-        out.append(_choice_item("speaker_choice", f'Who speaks this line in {play}?\n"{line}"', speaker, list(pool), rng))
+        question = f'Who speaks this line in {play}? Answer with the letter.\n"{line}"'
+        out.append(_choice_item("speaker_choice", question, speaker, list(pool), rng, "letter"))
         if len(out) == n:
             break
     return out
