@@ -162,3 +162,18 @@ def test_listing_pages_newest_first(sqlite_url):
         assert [c.id for c in page] == ids[::-1][:3] and more
         page2, more2 = conv_store.list_conversations(s, alice, limit=3, after=page[-1].id)
         assert [c.id for c in page2] == ids[::-1][3:] and not more2
+
+
+def test_concurrent_startups_migrate_once(postgres_url):
+    """Replicas sharing one PostgreSQL start at once: the advisory lock serialises migrations."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(_):
+        engine = create_db_engine(postgres_url)
+        migrate(engine)
+        rev = current_revision(engine)
+        engine.dispose()
+        return rev
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(start, range(4))) == ["0001"] * 4
