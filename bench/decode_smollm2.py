@@ -59,6 +59,21 @@ def time_transformers(model, ids: list[int], n: int) -> tuple[float, list[int]]:
     return (len(t) - 1) / (t[-1] - t[0]), out[0, len(ids) :].tolist()
 
 
+def step_cpu_ms(model, context: int, steps: int = 20) -> float:
+    """Process CPU time (ms) of one decode step after `context` cached tokens. CPU time, unlike
+    wall time, barely moves when other processes share the cores (use --threads 1: with more,
+    OpenMP threads spinning at barriers add CPU time)."""
+    with torch.no_grad():
+        cache = model.new_kv_cache(1, context + steps + 1)
+        model(torch.randint(0, 1000, (1, context)), kv_cache=cache)
+        tok = torch.tensor([[5]])
+        model(tok, kv_cache=cache)  # warm-up
+        t0 = time.process_time()
+        for _ in range(steps):
+            model(tok, kv_cache=cache)
+        return (time.process_time() - t0) / steps * 1e3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -67,6 +82,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--bandwidth-gbs", type=float, default=20.0, help="memory bandwidth for the bound")
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument(
+        "--step-cpu", action="store_true", help="only: CPU ms per decode step at contexts 32 and 1024"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"# torch {torch.__version__}, {args.threads} threads, {platform.processor() or platform.machine()}, "
@@ -81,6 +99,15 @@ def main() -> None:
     )
     results: dict[str, list[float]] = {}
     texts: dict[str, list[int]] = {}
+    if args.step_cpu:
+        for dtype in (torch.float32, torch.bfloat16):
+            m = copy.deepcopy(model).to(dtype)
+            for ctx in (32, 1024):
+                ms = step_cpu_ms(m, ctx)
+                print(
+                    f"ours {str(dtype)[6:]:8s} context {ctx:5d}: {ms:6.1f} CPU ms/token ({1e3 / ms:5.1f} tok/s per busy core)"
+                )
+        return
     models = {"ours fp32": model, "ours bf16": copy.deepcopy(model).to(torch.bfloat16)}
     if not args.skip_transformers:
         from transformers import AutoModelForCausalLM
