@@ -102,6 +102,7 @@ def test_evaluate_tasks_and_format(tok):
     assert reply_of([*tok.encode("42"), end], tok) == ("42", True)
     assert reply_of(tok.encode("42"), tok)[1] is False  # never stopped
     assert reply_of([tok.token_id(IM_START), end], tok)[1] is False  # a role token inside
+    assert reply_of([end], tok) == ("", False)  # an empty reply is no answer
     res = evaluate_tasks(model, tok, [TASKS["add2"], TASKS["identity"]], n=6, batch_size=4, max_new_tokens=4)
     assert set(res["tasks"]) == {"add2", "identity"}
     for r in res["tasks"].values():

@@ -1,8 +1,8 @@
 """Task evaluation: sample answers to held-out prompts, check them, report per task.
 
 Per task:
-- format: the fraction of replies that end with <|im_end|> within the token limit and hold no
-  other special token (no "<|im_start|>user" role switch, no <|endoftext|>);
+- format: the fraction of replies that end with <|im_end|> within the token limit, hold no
+  other special token (no "<|im_start|>user" role switch, no <|endoftext|>) and are not empty;
 - accuracy: the fraction the task's checker accepts (text before <|im_end|>);
 - heldout_loss: mean cross-entropy per trained token of the reference answers (the SFT loss on
   prompts never trained on), independent of sampling.
@@ -31,12 +31,14 @@ from chatfactory.tokenizer.chat_template import render_prompt
 
 
 def reply_of(tokens: list[int], tokenizer: Tokenizer) -> tuple[str, bool]:
-    """(reply text, format ok): ok when the reply ends at <|im_end|> with no other special token."""
+    """(reply text, format ok): ok when a non-empty reply ends at <|im_end|> with no other
+    special token (an immediate <|im_end|> is a non-answer, not adherence)."""
     end = tokenizer.token_id(IM_END)
     specials = {tokenizer.token_id(t) for t in tokenizer.special_tokens}
     body = tokens[:-1] if tokens and tokens[-1] == end else tokens
-    ok = bool(tokens) and tokens[-1] == end and not any(t in specials for t in body)
-    return tokenizer.decode(body, skip_special=True), ok
+    text = tokenizer.decode(body, skip_special=True)
+    ok = bool(tokens) and tokens[-1] == end and not any(t in specials for t in body) and bool(text.strip())
+    return text, ok
 
 
 @torch.no_grad()
