@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from chatfactory.tokenizer.gguf import open_gguf, read_field, tokenizer_from_gguf
+
 from .config import ModelConfig
 from .gpt import GPT
 
@@ -40,26 +42,6 @@ _LAYER_NAMES = {
 _TOP_NAMES = {"token_embd": "embed", "output_norm": "norm_f", "output": "lm_head"}
 
 
-def _open(path: Path):
-    import gguf
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such GGUF file")
-    try:
-        return gguf.GGUFReader(path)
-    except (ValueError, IndexError, KeyError, OSError, EOFError) as e:  # what bad bytes raise in the reader
-        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-
-
-def _field(reader, key: str, source: str, default=None, required: bool = False):
-    field = reader.get_field(key)
-    if field is None:
-        if required:
-            raise ValueError(f"{source}: GGUF metadata key {key!r} is missing")
-        return default
-    return field.contents()
-
-
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's q/k row permutation (convert_hf_to_gguf.py `permute`).
 
@@ -71,12 +53,14 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def config_from_gguf(reader, source: str) -> ModelConfig:
     """ModelConfig from a Llama GGUF's `llama.*` metadata."""
-    arch = _field(reader, "general.architecture", source, required=True)
+    arch = read_field(reader, "general.architecture", source, required=True)
     if arch != "llama":
         raise ValueError(f"{source}: architecture {arch!r} is not supported (only 'llama')")
 
     def get(key: str, default=None, required: bool = True):
-        return _field(reader, f"llama.{key}", source, default=default, required=required and default is None)
+        return read_field(
+            reader, f"llama.{key}", source, default=default, required=required and default is None
+        )
 
     d_model = int(get("embedding_length"))
     n_head = int(get("attention.head_count"))
@@ -163,10 +147,8 @@ def load_gguf_model(reader, source: str, dtype: torch.dtype = torch.float32) -> 
 
 def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32):
     """(GPT, Tokenizer) from a Llama-architecture GGUF file, weights dequantized to `dtype`."""
-    from chatfactory.tokenizer.gguf import tokenizer_from_gguf
-
     path = Path(path)
-    reader = _open(path)
+    reader = open_gguf(path)
     source = str(path)
     tokenizer = tokenizer_from_gguf(reader, source=source)
     model = load_gguf_model(reader, source, dtype)

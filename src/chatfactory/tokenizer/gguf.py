@@ -69,6 +69,19 @@ def _byte_level_spelling() -> dict[int, str]:
     return table
 
 
+def open_gguf(path: str | Path):
+    """A gguf.GGUFReader on `path`, with errors that name the file."""
+    import gguf
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such GGUF file")
+    try:
+        return gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError, EOFError) as e:  # what bad bytes raise in the reader
+        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
+
+
 def read_field(reader, key: str, source: str, default=None, required: bool = False):
     """A metadata value from a gguf.GGUFReader: scalars as Python values, arrays as lists."""
     field = reader.get_field(key)
@@ -85,23 +98,9 @@ def tokenizer_from_gguf(reader_or_path, source: str | None = None) -> Tokenizer:
     Supports byte-level BPE vocabularies (`tokenizer.ggml.model` = "gpt2", which SmolLM2, Llama 3
     and Qwen2 use). Control tokens become special tokens, user-defined ones plain added tokens.
     """
-    import gguf
-
     if isinstance(reader_or_path, (str, Path)):
-        path = Path(reader_or_path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such GGUF file")
-        try:
-            reader = gguf.GGUFReader(path)
-        except (
-            ValueError,
-            IndexError,
-            KeyError,
-            OSError,
-            EOFError,
-        ) as e:  # what bad bytes raise in the reader
-            raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from None
-        source = source or str(path)
+        reader = open_gguf(reader_or_path)
+        source = source or str(reader_or_path)
     else:
         reader = reader_or_path
         source = source or str(getattr(getattr(reader, "data", None), "filename", None) or "GGUF file")
