@@ -162,7 +162,7 @@ def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
     from chatfactory.train.reward_model import response_ids
 
     prompt = render_prompt([{"role": "user", "content": "question 7"}], tok)
-    scores = [float(rm.score(torch.tensor([prompt + response_ids(a, tok)]))) for a in answers]
+    scores = [float(rm.score(torch.tensor([prompt + response_ids(a, tok)])).detach()) for a in answers]
     assert scores[0] > scores[1] > scores[2]
     assert abs(sum(scores) / 3) < 1.0  # normalised on the training answers: centred near 0
 
