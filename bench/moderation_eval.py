@@ -68,7 +68,7 @@ def main() -> int:
     }
     if args.minilm:
         configs["rules + MiniLM head"] = policy(
-            tmp, "minilm", "  - type: rules\n  - type: classifier\n    head: minilm\n    weight: 0.8"
+            tmp, "minilm", "  - type: rules\n  - type: classifier\n    head: minilm\n    weight: 0.5"
         )
     if args.train_toxicchat:
         from chatfactory.moderation.head import train_head
