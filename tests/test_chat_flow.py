@@ -10,7 +10,6 @@ import asyncio
 import time
 
 import pytest
-import torch
 from tiny_chat_model import tiny_loaded
 
 from chatfactory.chat import ChatFlow, FlowConfig, build_prompt
@@ -18,6 +17,8 @@ from chatfactory.engine import SamplingParams
 from chatfactory.engine.scheduler import ContextWindowError, Engine
 from chatfactory.engine.stops import REPLACEMENT
 from chatfactory.moderation import Moderator, Policy
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONFIG = FlowConfig(
     version="test-7",
@@ -69,16 +70,6 @@ class RecordingEngine(Engine):
         req = super().submit(prompt_ids, params, stop)
         self.requests.append(req)
         return req
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy shared machine torch's
-    threads wait for each other (a step can take 100x longer): run these tests on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

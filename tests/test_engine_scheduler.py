@@ -16,17 +16,9 @@ from chatfactory.engine.sampling import process_logits
 from chatfactory.engine.scheduler import ContextWindowError, Engine
 from chatfactory.engine.stops import REPLACEMENT, IncrementalDetokenizer, StopStrings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy shared machine torch's
-    threads wait for each other (a step can take 100x longer): run these tests on one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,7 @@ from chatfactory.train.rl_math import (
     whiten,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models run fastest on one thread, and the CI machine's cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gae_on_a_hand_made_trajectory():

@@ -16,14 +16,7 @@ from chatfactory.data.preferences import (
 )
 from chatfactory.paths import shared_data_dir
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models run fastest on one thread, and the CI machine's cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_kwise_with_ties_gives_every_pair_but_tied_ones():
@@ -152,7 +145,6 @@ def test_labeller_rejects_prompts_without_a_task():
 
 
 def test_sample_writes_k_answers_then_rank_cli(tmp_path):
-    import torch
 
     from chatfactory.cli import main
     from chatfactory.model import GPT, ModelConfig

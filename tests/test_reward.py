@@ -19,14 +19,7 @@ from chatfactory.train.reward_model import (
     save_reward_model,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny models run fastest on one thread, and the CI machine's cores are shared
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_rm(seed: int = 0) -> RewardModel:
