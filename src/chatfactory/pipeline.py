@@ -113,15 +113,11 @@ def stage_sft(ctx: StageContext) -> dict:
     data = _section(ctx, "sft")
     data["model"] = base_model(ctx)
     data["out_dir"] = str(ctx.stage_dir)
-    data.setdefault("eval_tasks", ctx.full_config.get("tasks", "builtin"))
+    # the task checkers run once, in the eval stage, on the SFT and PPO models alike
     summary = run_sft(from_dict(SFTConfig, data), resume=_resume(ctx.stage_dir))
-    tasks = summary.get("tasks", {})
     return {
         "heldout_loss_before": summary["heldout_loss_before"],
         "heldout_loss": summary["heldout_loss_after"],
-        "format_adherence": tasks.get("mean_format"),
-        "heldout_score": tasks.get("mean_accuracy"),
-        "per_task": {k: v["accuracy"] for k, v in tasks.get("tasks", {}).items()},
         "steps": summary["steps"],
         "train_time_s": summary["train_time_s"],
     }
