@@ -7,9 +7,9 @@ from chatfactory.model import GPT, ModelConfig
 from chatfactory.model.checkpoint import load_model_folder, save_model
 
 FAMILIES = {
-    "gpt2": dict(family="gpt2"),
-    "llama": dict(family="llama"),
-    "llama-gqa-untied": dict(family="llama", n_kv_head=2, tie_embeddings=False),
+    "gpt2": {"family": "gpt2"},
+    "llama": {"family": "llama"},
+    "llama-gqa-untied": {"family": "llama", "n_kv_head": 2, "tie_embeddings": False},
 }
 
 

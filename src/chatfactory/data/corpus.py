@@ -12,7 +12,6 @@ exposes the parsed plays (title, [(speaker, line)...]) for tasks built on the sa
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Iterable, Iterator
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
+
+from .records import iter_json_records
 
 SOURCE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 SHAKESPEARE = "shakespeare"  # the name that selects the built-in corpus as a data source
@@ -85,20 +86,13 @@ def _read_txt(f: Path) -> Iterator[Document]:
 
 
 def _read_jsonl(f: Path) -> Iterator[Document]:
-    with open(f, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{f}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or "text" not in obj:
-                raise ValueError(f"{f}:{n}: no 'text' field (each line must be an object like {{\"text\": \"...\"}})")
-            if not isinstance(obj["text"], str):  # bad user data: a ValueError, which the CLI reports
-                raise ValueError(f"{f}:{n}: 'text' must be a string, got {type(obj['text']).__name__}")  # noqa: TRY004
-            if obj["text"].strip():
-                yield Document(obj["text"], f"{f}:{n}")
+    for obj, where in iter_json_records(f):
+        if not isinstance(obj, dict) or "text" not in obj:
+            raise ValueError(f"{where}: no 'text' field (each line must be an object like {{\"text\": \"...\"}})")
+        if not isinstance(obj["text"], str):  # bad user data: a ValueError, which the CLI reports
+            raise ValueError(f"{where}: 'text' must be a string, got {type(obj['text']).__name__}")  # noqa: TRY004
+        if obj["text"].strip():
+            yield Document(obj["text"], where)
 
 
 def _read_parquet(f: Path) -> Iterator[Document]:

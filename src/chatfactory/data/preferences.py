@@ -24,14 +24,15 @@ file, the line and the field. Extra fields in a record are kept (in `extra`) and
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from .records import iter_json_records, open_text
 
 ROLES = ("system", "user", "assistant")
 # Fields this module interprets; anything else in a record travels along in `extra`.
@@ -201,38 +202,7 @@ def parse_record(rec: Any, where: str = "record") -> Comparison:
 
 
 # ---- files -------------------------------------------------------------------------------
-def _open_text(path: Path, mode: str = "r"):
-    if path.suffix == ".gz":
-        return gzip.open(path, mode + "t", encoding="utf-8")
-    return open(path, mode, encoding="utf-8")
-
-
-def iter_json_records(path: str | Path) -> Iterator[tuple[Any, str]]:
-    """(record, "file:line") for a .jsonl[.gz] file (blank lines skipped) or a .json list."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    with _open_text(path) as f:
-        if path.name.endswith((".json", ".json.gz")):
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(data, list):
-                raise ValueError(f"{path}: a .json preference file must hold a list of records")
-            for i, rec in enumerate(data):
-                yield rec, f"{path}: record {i}"
-            return
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            yield rec, f"{path}:{lineno}"
-
-
+# the JSON record reader is shared with the corpus and conversation readers: data/records.py
 def read_preferences(
     path: str | Path, *, require_ranking: bool = True, skip_invalid: bool = False, limit: int | None = None
 ) -> list[Comparison]:
@@ -271,7 +241,7 @@ def write_preferences(path: str | Path, comparisons: Iterable[Comparison]) -> in
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    with _open_text(path, "w") as f:
+    with open_text(path, "w") as f:
         for c in comparisons:
             f.write(json.dumps(c.to_record(), ensure_ascii=False) + "\n")
             n += 1

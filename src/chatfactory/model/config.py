@@ -8,8 +8,8 @@ from pathlib import Path
 
 # What each family means when a field is left as None.
 FAMILY_DEFAULTS = {
-    "gpt2": dict(pos_embedding="learned", norm="layernorm", mlp="gelu", bias=True, norm_eps=1e-5),
-    "llama": dict(pos_embedding="rope", norm="rmsnorm", mlp="swiglu", bias=False, norm_eps=1e-5),
+    "gpt2": {"pos_embedding": "learned", "norm": "layernorm", "mlp": "gelu", "bias": True, "norm_eps": 1e-5},
+    "llama": {"pos_embedding": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False, "norm_eps": 1e-5},
 }
 
 

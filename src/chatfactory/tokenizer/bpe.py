@@ -88,7 +88,7 @@ class Tokenizer:
             raise FileNotFoundError(f"{file}: no tokenizer file here")
         try:
             hf = HFTokenizer.from_file(str(file))
-        except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+        except Exception as e:  # noqa: BLE001 (tokenizers raises a bare Exception on malformed JSON)
             raise ValueError(f"{file}: not a valid tokenizer.json ({e})") from None
         names = _names_from_tokenizer_config(folder / "tokenizer_config.json")
         vocab = hf.get_vocab(with_added_tokens=True)
