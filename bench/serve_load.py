@@ -117,6 +117,13 @@ class Level:
     concurrency: int
     wall_s: float = 0.0
     exchanges: list[Exchange] = field(default_factory=list)
+    window_s: float = 0.0  # from the first request to the deadline: every client busy
+    start_counters: dict = field(default_factory=dict)
+    window_counters: dict = field(default_factory=dict)
+    end_counters: dict = field(default_factory=dict)
+
+    def engine_delta(self, name: str, until: dict) -> float:
+        return until.get(name, 0.0) - self.start_counters.get(name, 0.0)
 
     @property
     def ok(self) -> list[Exchange]:
@@ -127,6 +134,7 @@ class Level:
         tokens = sum(e.completion_tokens for e in ok)
         ttfts = [e.ttft for e in ok if e.ttft is not None]
         return {
+            **self.engine_summary(),
             "concurrency": self.concurrency,
             "requests": len(self.exchanges),
             "errors": len(self.exchanges) - len(ok),
@@ -136,6 +144,20 @@ class Level:
             "ttft_p50_ms": round(percentile(ttfts, 0.5) * 1000),
             "ttft_p95_ms": round(percentile(ttfts, 0.95) * 1000),
             "s_per_answer_mean": round(statistics.mean(e.seconds for e in ok), 3) if ok else None,
+        }
+
+    def engine_summary(self) -> dict:
+        """From the server's /metrics: the engine's tokens/s while every client was active (the
+        window, no drain) and its mean batch; prefill tokens the prefix cache saved."""
+        tok, steps = "chatfactory_engine_tokens_total", "chatfactory_engine_decode_steps_total"
+        if tok not in self.end_counters:
+            return {}
+        n_window = self.engine_delta(tok, self.window_counters)
+        n_steps = self.engine_delta(steps, self.end_counters)
+        return {
+            "window_tokens_per_s": round(n_window / self.window_s, 1) if self.window_s else None,
+            "mean_batch": round(self.engine_delta(tok, self.end_counters) / n_steps, 1) if n_steps else None,
+            "prefix_cache_reused_tokens": int(self.engine_delta("chatfactory_prefix_cache_reused_tokens_total", self.end_counters)),
         }
 
 
@@ -200,12 +222,32 @@ async def run_level(url: str, model: str, concurrency: int, seconds: float, max_
                 await one_exchange(client, model, PROMPTS[i % len(PROMPTS)], max_tokens, seed=i)
             )
 
+    async def at_deadline() -> None:
+        # the engine's token count while all `concurrency` clients were active (no drain)
+        await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+        level.window_counters = await asyncio.to_thread(engine_counters, url)
+
     limits = httpx.Limits(max_connections=concurrency + 4)
+    level.start_counters = engine_counters(url)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        level.window_s = stop_at - t0
+        await asyncio.gather(at_deadline(), *(worker(client) for _ in range(concurrency)))
         level.wall_s = time.perf_counter() - t0  # includes the tail of requests started before the deadline
+    level.end_counters = engine_counters(url)
     return level
+
+
+def engine_counters(url: str) -> dict[str, float]:
+    """The server's engine counters from /metrics (summed over models)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for name in ("chatfactory_engine_decode_steps_total", "chatfactory_engine_tokens_total",
+                     "chatfactory_prefix_cache_reused_tokens_total"):
+            if line.startswith(name + "{"):
+                out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def check_database(db_url: str, exchanges: list[Exchange]) -> dict:

@@ -94,6 +94,40 @@ def test_requests_joining_mid_batch_get_the_same_tokens(loaded, engine):
     assert c.output_ids == alone(loaded, c_prompt, long)
 
 
+def test_prefix_cache_reuses_shared_beginnings_and_changes_no_token(loaded, engine):
+    """Prompts that share hidden instructions (and a conversation's next turn, which begins with
+    its previous prompt) skip that part of the prefill and still get exactly the tokens they
+    get alone; newcomers with different reused lengths are prefilled in one batch."""
+    enc = loaded.tokenizer.encode
+    system = enc(" ".join(TEXT[:3]))[:40]  # the shared "hidden instructions"
+    turn1 = system + enc("user\nHi")
+    turn2 = turn1 + enc(" there, and then?")  # the next turn of the same conversation
+    others = [system + enc("user\nTo be"), system + enc("user\nExplain how")]
+    cache = engine.prefix_cache
+    a = engine.submit(turn1, GREEDY)
+    a.result()
+    assert cache.hits == 0 and len(cache) == 1  # nothing to reuse yet; turn1 is kept
+    batch = [engine.submit(p, GREEDY) for p in (turn2, *others, enc("Café"))]
+    for r in batch:
+        r.result()
+    assert cache.hits == 3  # turn2 reuses all of turn1, the others the shared instructions
+    shared = [next(i for i, (x, y) in enumerate(zip(turn1, o)) if x != y) for o in others]
+    assert min(shared) >= len(system) and cache.reused_tokens == len(turn1) + sum(shared)
+    for p, r in zip((turn1, turn2, *others, enc("Café")), (a, *batch)):
+        assert r.output_ids == alone(loaded, p), p
+    # newcomers sharing a beginning nobody cached: it is prefilled once, then reused by each
+    fresh = enc(" ".join(TEXT[3:6]))[:30]
+    reqs = [engine.submit(fresh + enc(q), GREEDY) for q in ("one", "two words", "three more words")]
+    for r, q in zip(reqs, ("one", "two words", "three more words")):
+        assert r.result() is not None and r.output_ids == alone(loaded, fresh + enc(q))
+    assert cache.hits == 6 and cache.tokens <= cache.max_tokens
+    off = Engine(loaded, max_batch=8, use_prefix_cache=False)
+    assert off.prefix_cache is None
+    again = off.submit(turn2, GREEDY)
+    again.result()
+    assert again.output_ids == batch[0].output_ids
+
+
 def test_seeded_sampling_is_reproducible_alone_or_batched(loaded, engine):
     p = loaded.tokenizer.encode("To be, or not")
     seeded = SamplingParams(max_new_tokens=20, temperature=0.9, top_k=40, top_p=0.95, seed=123)

@@ -61,3 +61,27 @@ def test_from_and_until(tmp_path):
         run_stages(make_stages(calls), tmp_path, {}, from_stage="z")
     with pytest.raises(RuntimeError, match="has not been run"):
         run_stages(make_stages([]), tmp_path / "fresh", {}, from_stage="c", log=lambda *a: None)
+
+
+def test_old_checkpoints_are_kept_only_for_the_same_config(tmp_path):
+    """A killed stage resumes from its files only while its config is unchanged; a re-run
+    with another config (or of a finished stage) starts from an empty folder, never from the
+    old run's checkpoints."""
+    seen = []
+
+    def b(ctx):
+        seen.append(sorted(p.name for p in ctx.stage_dir.iterdir()))
+        ckpt = ctx.stage_dir / "checkpoints"
+        ckpt.mkdir(exist_ok=True)
+        if ctx.config.get("kill"):
+            raise KeyboardInterrupt
+        return {}
+
+    stages = [Stage("a", lambda ctx: {}), Stage("b", b, inputs=("a",))]
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(stages, tmp_path, {"b": {"kill": True}}, log=lambda *a: None)
+    with pytest.raises(KeyboardInterrupt):  # same config: the checkpoint is still there to resume
+        run_stages(stages, tmp_path, {"b": {"kill": True}}, log=lambda *a: None)
+    run_stages(stages, tmp_path, {"b": {"kill": False}}, log=lambda *a: None)  # changed: fresh folder
+    run_stages(stages, tmp_path, {"b": {"kill": False}}, from_stage="b", log=lambda *a: None)  # forced: fresh
+    assert seen == [["STARTED.json"], ["STARTED.json", "checkpoints"], ["STARTED.json"], ["STARTED.json"]]

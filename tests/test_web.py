@@ -124,8 +124,19 @@ def test_send_streams_reload_keeps_it_and_the_model_picker_is_used(page, web_ser
     assert page.input_value("#model") == SECOND_MODEL
 
 
-@pytest.mark.slow  # timing-sensitive: on a quiet machine the tiny model's whole answer can land in one frame
-def test_answers_stream_in(page, web_server):
+@pytest.fixture()
+def paced(web_server):
+    """The test model at 40 ms a token: an answer then takes several frames to arrive, on any
+    machine (unpaced, a tiny model writes its whole answer within one frame)."""
+    engines = list(web_server.runtime.engines.values())
+    for e in engines:
+        e.pace = 0.04
+    yield
+    for e in engines:
+        e.pace = 0.0
+
+
+def test_answers_stream_in(page, web_server, paced):
     """The answer grows on screen while it is generated (not all at once at the end)."""
     open_app(page)
     for attempt in range(5):  # a random model sometimes ends at once: such an answer cannot show growth
@@ -146,7 +157,7 @@ def test_answers_stream_in(page, web_server):
     assert partial, f"the {final}-character answer appeared all at once"
 
 
-def test_stop_cancels_generation_and_keeps_what_was_shown(page, web_server):
+def test_stop_cancels_generation_and_keeps_what_was_shown(page, web_server, paced):
     open_app(page)
     for attempt in range(6):  # a random model may end its answer before Stop lands: try again
         page.click("#new-chat")

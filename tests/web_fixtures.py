@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,23 @@ def browser(chromium_path):
     pw.stop()
 
 
+def _paced_engine_class():
+    from chatfactory.engine.scheduler import Engine
+
+    class PacedEngine(Engine):
+        """The real engine, optionally slowed to `pace` seconds per decode step, so a test can
+        watch an answer arrive over several frames (a tiny model writes it in milliseconds)."""
+
+        pace = 0.0
+
+        def _step(self) -> None:
+            if self.pace:
+                time.sleep(self.pace)
+            super()._step()
+
+    return PacedEngine
+
+
 @pytest.fixture(scope="session")
 def web_server(tmp_path_factory) -> ServerHandle:
     """Two tiny models (for the picker), answers up to 120 tokens (long enough to press Stop)."""
@@ -78,14 +96,13 @@ def web_server(tmp_path_factory) -> ServerHandle:
 
     if not hasattr(chatfactory.chat, "ChatFlow") or not hasattr(chatfactory.moderation, "Moderator"):
         pytest.skip("the chat flow / moderator are not in this checkout yet")
-    from chatfactory.engine.scheduler import Engine
-
+    PacedEngine = _paced_engine_class()
     engines, folders = {}, {}
     for seed, name in enumerate((MODEL, SECOND_MODEL)):
         folders[name] = tmp_path_factory.mktemp(name) / "model"
         loaded = tiny_loaded(folders[name], max_seq_len=1024, seed=seed)  # hidden instructions: ~300 tokens
         loaded.name = name
-        engines[name] = Engine(loaded, max_batch=8)
+        engines[name] = PacedEngine(loaded, max_batch=8)
         engines[name].start()
     settings = _settings(tmp_path_factory.mktemp("web"))
     settings.models, settings.default_max_tokens = [MODEL, SECOND_MODEL], 120

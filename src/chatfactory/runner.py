@@ -3,7 +3,8 @@
 Each stage writes into `run_dir/<stage>/` and, when it finishes, a `DONE.json` holding a
 fingerprint of (its own config, the fingerprints of the stages it reads) and its headline
 numbers. Re-running skips a stage whose DONE.json fingerprint matches; a stage killed midway
-has no DONE.json and runs again (stages that train resume from their own checkpoints).
+has no DONE.json and runs again: stages that train resume from their own checkpoints when its
+STARTED.json fingerprint still matches; otherwise the stage folder is cleared first.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DONE_FILE = "DONE.json"
+STARTED_FILE = "STARTED.json"
 
 
 @dataclass
@@ -53,8 +56,8 @@ def write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def read_done(stage_dir: Path) -> dict | None:
-    path = stage_dir / DONE_FILE
+def read_done(stage_dir: Path, name: str = DONE_FILE) -> dict | None:
+    path = stage_dir / name
     if not path.exists():
         return None
     try:
@@ -160,9 +163,14 @@ def run_stages(
             log(f"[{i + 1}/{len(stages)}] {stage.name}: unchanged, skipped")
             prints[stage.name], results[stage.name] = fp, done.get("results", {})
             continue
-        if done is not None:  # config or inputs changed: its old marker no longer holds
-            (stage_dir / DONE_FILE).unlink()
+        started = read_done(stage_dir, STARTED_FILE)
+        if done is not None or (started is not None and started.get("fingerprint") != fp):
+            # a finished stage run again, or a killed one whose config or inputs changed since: its
+            # files (checkpoints included) belong to another config, so they go; only a killed
+            # stage with the same fingerprint keeps its checkpoints to resume from
+            shutil.rmtree(stage_dir)
         stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(stage_dir / STARTED_FILE, {"fingerprint": fp, "started": time.time()})
         ctx = StageContext(run_dir, stage_dir, section, config, results, progress.update)
         progress.begin(i)
         t0 = time.time()

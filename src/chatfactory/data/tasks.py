@@ -10,6 +10,9 @@ appear in training ("train"):
 - speaker_choice: "Who speaks this line in <play>? Answer with the letter. A) .. B) .. C) .."
   -> the letter (the name is accepted too).
 - next_word: "Continue this line from <play> with one word: '...'" -> the next word.
+- first_word / last_word: 'What is the first (last) word of this line? "..."' -> that word, without
+  punctuation: copying, which a small transformer learns (induction heads) and a reward model
+  can check against the prompt, so these are where RLHF shows on the tiny preset.
 - add2 / add3: "What is 47 + 38?" -> "85" (2- and 3-digit operands).
 - identity: "Who are you?" and paraphrases -> IDENTITY_ANSWER; the test split asks in words
   never used in training.
@@ -202,6 +205,23 @@ def make_next_word(split: str, n: int, seed: int) -> list[TaskItem]:
     return out
 
 
+def _make_word_at(name: str, which: str, index: int) -> Callable[[str, int, int], list[TaskItem]]:
+    """'What is the <which> word of this line?' -> that word, without its punctuation."""
+
+    def make(split: str, n: int, seed: int) -> list[TaskItem]:
+        out = []
+        for _, _, line in _sample_lines(split, n * 2, seed, name):
+            word = line.split()[index].strip(string.punctuation + "“”‘’")
+            if not word.isalpha():
+                continue
+            out.append(TaskItem(name, f'What is the {which} word of this line?\n"{line}"', word))
+            if len(out) == n:
+                break
+        return out
+
+    return make
+
+
 def _make_addition(digits: int) -> Callable[[str, int, int], list[TaskItem]]:
     name = f"add{digits}"
     lo, hi = 10 ** (digits - 1), 10**digits - 1
@@ -258,6 +278,8 @@ TASKS: dict[str, Task] = {
         Task("play_choice", "which of three plays a line is from (answer: the title)", make_play_choice, check_choice),
         Task("speaker_choice", "which of three characters speaks a line", make_speaker_choice, check_choice),
         Task("next_word", "the next word of a line from a named play", make_next_word, check_exact),
+        Task("first_word", "the first word of a quoted line (copying)", _make_word_at("first_word", "first", 0), check_exact),
+        Task("last_word", "the last word of a quoted line (copying)", _make_word_at("last_word", "last", -1), check_exact),
         Task("add2", "2-digit addition", _make_addition(2), check_number, n_train=3000),
         Task("add3", "3-digit addition", _make_addition(3), check_number, n_train=3000),
         Task("identity", "who the assistant is (held-out paraphrases)", make_identity, check_exact, n_train=300, n_test=50),

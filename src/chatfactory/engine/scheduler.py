@@ -5,7 +5,8 @@ over `stream()`) for text deltas. After `start()`, a background thread loops (wi
 a blocking iteration drives the same loop in the caller's thread: the CLI and tests do that):
 
     admit waiting requests (up to max_batch rows): prefill them together in a cache of their
-        own, sample each one's first token, then merge that cache into the running batch;
+        own, skipping the beginning a recent prompt shared (engine/prefix_cache.py), sample
+        each one's first token, then merge that cache into the running batch;
     one decode step for the whole batch: ONE model call, one batched sampling call;
     finished and cancelled rows leave the batch (their cache rows and unused columns dropped).
 
@@ -13,7 +14,7 @@ So a request joins between two decode steps of the others and never waits for th
 Cache layout and its join/leave operations: engine/batch_cache.py. Per-row sampling with
 per-request seeds: engine/row_sampling.py. Text release (UTF-8, stop strings): engine/stops.py.
 
-Not done (yet): chunked prefill (a long prompt stalls the batch for its prefill), prefix caching.
+Not done (yet): chunked prefill (a long prompt stalls the batch for its prefill).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import torch
 from chatfactory.loader import LoadedModel
 from chatfactory.tokenizer import ENDOFTEXT
 
-from . import batch_cache
-from .generate import SamplingParams, left_pad
+from . import batch_cache, prefix_cache
+from .generate import SamplingParams
 from .row_sampling import sample_rows
 from .stops import IncrementalDetokenizer, StopStrings
 
@@ -194,7 +195,7 @@ class _Row:
 class Engine:
     """Serves one loaded model to many concurrent requests."""
 
-    def __init__(self, loaded: LoadedModel, *, max_batch: int = 16):
+    def __init__(self, loaded: LoadedModel, *, max_batch: int = 16, use_prefix_cache: bool = True):
         if max_batch < 1:
             raise ValueError(f"engine: max_batch must be at least 1, got {max_batch}")
         self.loaded = loaded
@@ -214,6 +215,8 @@ class Engine:
         self.tokens_generated = 0
         self.decode_steps = 0
         self.peak_batch = 0  # most rows decoded together so far
+        # keys/values of recent prompts, reused by prompts that begin the same way
+        self.prefix_cache = prefix_cache.PrefixCache.from_env() if use_prefix_cache else None
         self._pending: deque[EngineRequest] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -348,10 +351,11 @@ class Engine:
     def _admit(self, reqs: list[EngineRequest]) -> None:
         """Prefill newcomers together (left-padded), sample their first tokens, merge them in."""
         rows = [_Row(r, self) for r in reqs]
-        ids, mask, pos = left_pad([r.prompt_ids for r in reqs], self.tokenizer.pad_id, self.device)
-        cache = self.model.new_kv_cache(len(rows), ids.shape[1])
-        h = self.model.hidden_states(ids, attention_mask=mask, position_ids=pos, kv_cache=cache)
-        logits = self.model.lm_head(h[:, -1])  # only the last position's logits are needed
+        prompts = [r.prompt_ids for r in reqs]
+        if self.prefix_cache is not None:
+            self.prefix_cache.warm(self.model, prompts)
+        h, cache = prefix_cache.prefill(self.model, prompts, self.tokenizer.pad_id, self.prefix_cache)
+        logits = self.model.lm_head(h)  # only the last position's logits are needed
         temp, top_k, top_p = self._settings(rows)
         toks = self._sample(logits, rows, temp, top_k, top_p)
         keep = [i for i, (row, t) in enumerate(zip(rows, toks)) if not self._accept(row, t)]

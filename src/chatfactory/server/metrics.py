@@ -3,6 +3,7 @@ collide in the global registry)."""
 
 from __future__ import annotations
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -40,5 +41,32 @@ class Metrics:
         self.finish = Counter("chatfactory_answers", "Answers by finish reason", ["model", "finish_reason"], registry=r)
         self.flagged = Counter("chatfactory_moderation_flagged", "Texts flagged by moderation", ["side"], registry=r)
 
+    def watch_engines(self, engines: dict) -> None:
+        """Export the engines' own counters, read at each scrape: mean batch size is
+        engine_tokens / engine_decode_steps over an interval."""
+        self.registry.register(_EngineCollector(engines))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EngineCollector:
+    def __init__(self, engines: dict) -> None:
+        self.engines = engines
+
+    def describe(self):
+        return []  # collected at scrape time only
+
+    def collect(self):
+        steps = CounterMetricFamily("chatfactory_engine_decode_steps", "Decode steps (one model call for the whole batch)", labels=["model"])
+        tokens = CounterMetricFamily("chatfactory_engine_tokens", "Tokens the engine generated", labels=["model"])
+        running = GaugeMetricFamily("chatfactory_engine_running", "Sequences in the running batch now", labels=["model"])
+        reused = CounterMetricFamily(
+            "chatfactory_prefix_cache_reused_tokens", "Prompt tokens whose prefill the prefix cache saved", labels=["model"]
+        )
+        for name, e in self.engines.items():
+            steps.add_metric([name], e.decode_steps)
+            tokens.add_metric([name], e.tokens_generated)
+            running.add_metric([name], len(e._rows))
+            reused.add_metric([name], e.prefix_cache.reused_tokens if e.prefix_cache is not None else 0)
+        yield from (steps, tokens, running, reused)

@@ -68,6 +68,9 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     inflight: int = 0
 
+    def __post_init__(self) -> None:
+        self.metrics.watch_engines(self.engines)
+
     def engine_for(self, name: str) -> Engine:
         engine = self.engines.get(name)
         if engine is None:

@@ -169,7 +169,7 @@ def train_reward_model(cfg: RewardConfig, resume: bool = False) -> dict[str, Any
         freeze_bottom(model.backbone, cfg.freeze_layers)
     tcfg.seq_len = max_len
     batches = ComparisonBatches(train_items, tcfg.micro_batch_size, tok.pad_id, tcfg.seed)
-    if tcfg.max_steps is None and tcfg.time_budget is None:
+    if tcfg.max_steps is None:  # a time budget only caps the epochs, it does not replace them
         world = int(os.environ.get("WORLD_SIZE", "1"))  # the trainer's processes (torchrun)
         accum = (tcfg.batch_tokens or 0) // (tcfg.micro_batch_size * max_len * world) or 1
         per_step = tcfg.micro_batch_size * world * accum  # comparisons per optimizer step
