@@ -52,6 +52,8 @@ def test_every_stage_runs_and_the_report_has_its_numbers(tmp_path, corpus):
                 "ppo.heldout_score", "ppo.kl_to_sft", "ppo.win_rate_vs_sft"):
         assert report[key] is not None, key
     assert report["pretrain.val_bpb"] > 0
+    # PPO's prompts come from the run's tasks, not the PPO preset's default (all built-in tasks)
+    assert json.loads((out / "ppo" / "model" / "meta.json").read_text())["config"]["tasks"] == "add2"
     md = (out / "report.md").read_text()
     assert "Headline numbers" in md and "answered by each model" in md
     assert any(p.suffix == ".png" for p in (out / "plots").iterdir())

@@ -177,7 +177,8 @@ def stage_ppo(ctx: StageContext) -> dict:
     data["model"] = str(ctx.input_dir("sft") / "model")
     data["reward_model"] = str(ctx.input_dir("reward") / "model")
     data["out_dir"] = str(ctx.stage_dir)
-    data.setdefault("tasks", ctx.full_config.get("tasks", "builtin"))
+    if "tasks" not in ctx.config:  # the run's tasks, not the PPO preset's default ("builtin")
+        data["tasks"] = ctx.full_config.get("tasks", "builtin")
     result = train_ppo(from_dict(PPOConfig, data), resume=_resume(ctx.stage_dir))
     return {k: v for k, v in result.items() if isinstance(v, (int, float, str)) and k != "checkpoint"}
 
