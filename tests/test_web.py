@@ -26,6 +26,10 @@ TIMEOUT = 60_000  # generous: the test machine's cores are shared
 
 # ---------------------------------------------------------------- helpers
 def open_app(page, hash_: str = "") -> None:
+    """Load the page afresh (at `hash_`): going from one hash to another is a same-document
+    navigation that would leave the previous conversation on screen for a moment."""
+    if hash_:
+        page.goto("about:blank")
     page.goto(page.root + hash_)
     page.wait_for_selector("#app:not([hidden])", timeout=TIMEOUT)
 
