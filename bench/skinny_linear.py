@@ -32,8 +32,8 @@ def shapes(d: int, kv: int, ff: int, vocab: int) -> None:
         reps = 20 if n > 10_000 else 200
         for m in (1, 4, 16, 64):
             x = torch.randn(m, k)
-            a = per_call_us(lambda: F.linear(x, w), reps)
-            b = per_call_us(lambda: torch.mm(w, x.t()).t().contiguous(), reps)
+            a = per_call_us(lambda x=x, w=w: F.linear(x, w), reps)
+            b = per_call_us(lambda x=x, w=w: torch.mm(w, x.t()).t().contiguous(), reps)
             print(f"{n:>6} x {k:<6} {m:>4} {a:>11.0f} {b:>11.0f} {a / b:>7.2f}x")
 
 
