@@ -41,6 +41,17 @@ def test_models_health_metrics(local_server, client):
     assert health["status"] == "ok" and health["database"] == "ok" and health["models"] == [MODEL]
     text = httpx.get(f"http://127.0.0.1:{local_server.port}/metrics").text
     assert 'chatfactory_http_requests_total{method="GET",route="/v1/models",status="200"}' in text
+    # the engine's own counters: one generation later its token count has grown by what it made
+    def engine_tokens() -> float:
+        text = httpx.get(f"http://127.0.0.1:{local_server.port}/metrics").text
+        line = next(x for x in text.splitlines() if x.startswith(f'chatfactory_engine_tokens_total{{model="{MODEL}"}}'))
+        return float(line.rsplit(" ", 1)[1])
+
+    before = engine_tokens()
+    r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    assert engine_tokens() - before >= r.usage.completion_tokens >= 1
+    for name in ("chatfactory_engine_decode_steps_total", "chatfactory_engine_running", "chatfactory_prefix_cache_reused_tokens_total"):
+        assert f'{name}{{model="{MODEL}"}}' in httpx.get(f"http://127.0.0.1:{local_server.port}/metrics").text
 
 
 def test_chat_completion_usage_moderation_and_storage(local_server, client):
