@@ -120,7 +120,7 @@ def test_prefix_cache_reuses_shared_beginnings_and_changes_no_token(loaded, engi
     reqs = [engine.submit(fresh + enc(q), GREEDY) for q in ("one", "two words", "three more words")]
     for r, q in zip(reqs, ("one", "two words", "three more words")):
         assert r.result() is not None and r.output_ids == alone(loaded, fresh + enc(q))
-    assert cache.hits == 6 and cache.tokens <= cache.max_tokens
+    assert cache.hits == 6 and 0 < cache.bytes <= cache.max_bytes
     off = Engine(loaded, max_batch=8, use_prefix_cache=False)
     assert off.prefix_cache is None
     again = off.submit(turn2, GREEDY)
@@ -346,3 +346,29 @@ def test_smollm2_batched_greedy_equals_alone():
     for p, r in zip(ps, reqs):
         assert r.output_ids == alone(lm, p, params)
     assert "Paris" in texts[0]
+
+
+def test_prefix_cache_keeps_to_its_memory_budget(monkeypatch):
+    from chatfactory.engine.prefix_cache import PrefixCache
+
+    def kv(n):  # (n_layer, n_kv_head, T, head_dim) float32: 2 * 4 * n * 4 bytes
+        return torch.zeros(1, 1, n, 4), torch.zeros(1, 1, n, 4)
+
+    per_token = 2 * 4 * 4
+    cache = PrefixCache(max_bytes=100 * per_token)
+    a, b, c = list(range(40)), list(range(100, 140)), list(range(200, 240))
+    cache.add(a, *kv(40))
+    cache.add(b, *kv(40))
+    assert cache.lookup(a + [7])[0] == 40  # a is now the most recently used
+    cache.add(c, *kv(40))  # over budget: b, the least recently used, goes
+    assert cache.lookup(b + [7])[0] == 0 and cache.lookup(c + [7])[0] == 40
+    assert cache.bytes == 80 * per_token and cache.tokens == 80
+    cache.add(a + [1, 2], *kv(42))  # a longer prompt replaces its own prefix
+    assert len(cache) == 2 and cache.tokens == 82
+    cache.add(list(range(500, 700)), *kv(200))  # larger than the whole budget: not kept
+    assert len(cache) == 2
+    monkeypatch.setenv("CHATFACTORY_PREFIX_CACHE_MB", "0")
+    assert PrefixCache.from_env() is None
+    monkeypatch.setenv("CHATFACTORY_PREFIX_CACHE_MB", "lots")
+    with pytest.raises(ValueError, match="CHATFACTORY_PREFIX_CACHE_MB"):
+        PrefixCache.from_env()

@@ -4,7 +4,7 @@ way skips that part of its prefill.
 Every chat request starts with the same hidden instructions, and a conversation's next turn
 starts with the whole of its previous prompt, so most of a prompt's prefill has been done
 before. vLLM's automatic prefix caching keeps such keys/values in hashed blocks; here whole
-prompts are kept (a few, least recently used out first, within a token budget) and a new prompt
+prompts are kept (least recently used out first, within a memory budget) and a new prompt
 reuses the longest common beginning with any of them. Keys/values depend only on the tokens
 before them and their positions, which start at 0 for every prompt, so the reused part is the
 same computation (up to float rounding of differently shaped matmuls).
@@ -23,9 +23,13 @@ import torch
 
 from chatfactory.model import GPT, KVCache
 
-# tokens kept; ~46 KB per token for SmolLM2-135M in fp32, so the default is ~750 MB there
-DEFAULT_MAX_TOKENS = 16384
+# memory kept for cached keys/values: 512 MB holds ~11k tokens of SmolLM2-135M in fp32 (46 KB each)
+DEFAULT_MAX_MB = 512
 MIN_REUSE = 16  # shorter common beginnings are not worth a copy
+
+
+def _nbytes(k: torch.Tensor, v: torch.Tensor) -> int:
+    return k.numel() * k.element_size() + v.numel() * v.element_size()
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -37,18 +41,22 @@ def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 class PrefixCache:
-    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS, min_reuse: int = MIN_REUSE):
-        self.max_tokens, self.min_reuse = max_tokens, min_reuse
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MB << 20, min_reuse: int = MIN_REUSE):
+        self.max_bytes, self.min_reuse = max_bytes, min_reuse
         # prompt tokens -> (k, v), each (n_layer, n_kv_head, T, head_dim)
         self._entries: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self.tokens = 0  # held now
+        self.tokens = self.bytes = 0  # held now
         self.hits = self.lookups = self.reused_tokens = 0
 
     @classmethod
     def from_env(cls) -> PrefixCache | None:
-        """CHATFACTORY_PREFIX_CACHE_TOKENS=0 turns prefix caching off; N keeps up to N tokens."""
-        n = int(os.environ.get("CHATFACTORY_PREFIX_CACHE_TOKENS", DEFAULT_MAX_TOKENS))
-        return cls(n) if n > 0 else None
+        """CHATFACTORY_PREFIX_CACHE_MB=0 turns prefix caching off; N keeps up to N MB of keys/values."""
+        raw = os.environ.get("CHATFACTORY_PREFIX_CACHE_MB", str(DEFAULT_MAX_MB))
+        try:
+            mb = float(raw)
+        except ValueError:
+            raise ValueError(f"CHATFACTORY_PREFIX_CACHE_MB must be a number of megabytes, got {raw!r}") from None
+        return cls(int(mb * (1 << 20))) if mb > 0 else None
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -75,20 +83,22 @@ class PrefixCache:
         """Keep a prompt's keys/values: tensors (n_layer, n_kv_head, T, head_dim) that the caller
         hands over and no longer writes."""
         key = tuple(int(t) for t in ids)
-        if len(key) < self.min_reuse or len(key) > self.max_tokens:
+        size = _nbytes(k, v)
+        if len(key) < self.min_reuse or size > self.max_bytes:
             return
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.tokens -= len(key)
-        # an entry that is a prefix of the new one adds nothing the new one does not hold
+        # the same prompt again, or a prefix of it, holds nothing the new entry does not
         for other in [o for o in self._entries if len(o) <= len(key) and key[: len(o)] == o]:
-            del self._entries[other]
-            self.tokens -= len(other)
+            self._drop(other)
         self._entries[key] = (k, v)
         self.tokens += len(key)
-        while self.tokens > self.max_tokens:
-            gone, _ = self._entries.popitem(last=False)
-            self.tokens -= len(gone)
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            self._drop(next(iter(self._entries)))  # least recently used first
+
+    def _drop(self, key: tuple[int, ...]) -> None:
+        k, v = self._entries.pop(key)
+        self.tokens -= len(key)
+        self.bytes -= _nbytes(k, v)
 
     def warm(self, model: GPT, prompts: list[list[int]]) -> None:
         """Prefill, once, the beginning that two or more of these prompts share and no entry holds."""
