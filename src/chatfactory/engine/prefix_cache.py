@@ -65,11 +65,7 @@ class PrefixCache:
         """(n, k, v): the first n tokens of `ids` (n < len(ids): the last one is always computed,
         its logits are needed) with their cached keys/values, or (0, None, None)."""
         self.lookups += 1
-        best, best_key = 0, None
-        for key in self._entries:
-            n = _common_length(key, ids)
-            if n > best:
-                best, best_key = n, key
+        best, best_key = self._longest(ids)
         best = min(best, len(ids) - 1)
         if best < self.min_reuse or best_key is None:
             return 0, None, None
@@ -78,6 +74,15 @@ class PrefixCache:
         self.hits += 1
         self.reused_tokens += best
         return best, k[:, :, :best], v[:, :, :best]
+
+    def _longest(self, ids: Sequence[int]) -> tuple[int, tuple[int, ...] | None]:
+        """The kept prompt sharing the longest beginning with `ids`, and that length."""
+        best, best_key = 0, None
+        for key in self._entries:
+            n = _common_length(key, ids)
+            if n > best:
+                best, best_key = n, key
+        return best, best_key
 
     def add(self, ids: Sequence[int], k: torch.Tensor, v: torch.Tensor) -> None:
         """Keep a prompt's keys/values: tensors (n_layer, n_kv_head, T, head_dim) that the caller
@@ -108,12 +113,8 @@ class PrefixCache:
         shared = min(shared, min(len(p) for p in prompts) - 1)
         if shared < self.min_reuse:
             return
-        n, _, _ = self.lookup(prompts[0][: shared + 1])
-        self.lookups -= 1  # a probe, not a request
-        if n >= shared:
-            self.hits -= 1
-            self.reused_tokens -= n
-            return
+        if self._longest(prompts[0][:shared])[0] >= shared:
+            return  # already kept
         ids = torch.tensor([prompts[0][:shared]], device=next(model.parameters()).device)
         cache = model.new_kv_cache(1, shared)
         model.hidden_states(ids, kv_cache=cache)
