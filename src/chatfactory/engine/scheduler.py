@@ -228,6 +228,11 @@ class Engine:
     def running(self) -> bool:
         return self._thread is not None
 
+    @property
+    def batch_size(self) -> int:
+        """Sequences in the running batch now."""
+        return len(self._rows)
+
     def start(self) -> None:
         """Start the background decode thread (idempotent)."""
         with self._cond:

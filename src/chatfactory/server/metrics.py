@@ -67,6 +67,6 @@ class _EngineCollector:
         for name, e in self.engines.items():
             steps.add_metric([name], e.decode_steps)
             tokens.add_metric([name], e.tokens_generated)
-            running.add_metric([name], len(e._rows))
+            running.add_metric([name], e.batch_size)
             reused.add_metric([name], e.prefix_cache.reused_tokens if e.prefix_cache is not None else 0)
         yield from (steps, tokens, running, reused)
