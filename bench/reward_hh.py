@@ -70,7 +70,7 @@ def main() -> int:
     cfg = RewardConfig(model=args.model, data=[str(out / "train.jsonl")], eval_data=[str(out / "held.jsonl")],
                        out_dir=str(out), max_len=args.max_len, freeze_layers=args.freeze_layers, norm_samples=200)
     cfg.train.lr, cfg.train.micro_batch_size, cfg.train.threads = args.lr, args.batch_size, args.threads
-    cfg.train.warmup_steps = max(1, args.train_pairs // args.batch_size // 10)
+    cfg.train.warmup_steps = max(1, len(train) // args.batch_size // 10)  # a tenth of the one epoch
     cfg.train.seed = args.seed
     t0 = time.time()
     stats = train_reward_model(cfg)

@@ -2,6 +2,7 @@
 
     python bench/train_throughput.py                      # tiny preset, 2 threads, 40 timed steps
     python bench/train_throughput.py --preset small --steps 10
+    python bench/train_throughput.py --preset small --device cuda --set train.compile=true   # a GPU: bf16 autocast
 
 The peak is measured here with large square matmuls in fp32 and bf16 (the same kind of numbers
 as a vendor's peak, but for this CPU and thread count). MFU = model FLOPs per token (6N plus
@@ -24,7 +25,7 @@ import torch
 
 from chatfactory.model import GPT
 from chatfactory.train.config import load_config
-from chatfactory.train.flops import measure_matmul_peak
+from chatfactory.train.flops import measure_matmul_peak, peak_flops
 from chatfactory.train.pretrain import PretrainConfig
 from chatfactory.train.trainer import Trainer
 
@@ -47,25 +48,29 @@ def main() -> int:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40, help="timed steps (after 5 warm-up steps)")
-    ap.add_argument("--peak-size", type=int, default=2048, help="matmul size for the peak measurement")
+    ap.add_argument("--peak-size", type=int, default=None, help="matmul size for the peak (2048 CPU, 8192 GPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (precision auto: bf16 autocast on a GPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    gpu = args.device.startswith("cuda")
+    size = args.peak_size or (8192 if gpu else 2048)
 
     peaks = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peaks[name] = measure_matmul_peak("cpu", dtype, n=args.peak_size, seconds=2.0)
-        print(f"matmul peak {name}: {peaks[name] / 1e9:.0f} GFLOP/s ({args.peak_size}^3, {args.threads} threads)")
+        peaks[name] = measure_matmul_peak(args.device, dtype, n=size, seconds=2.0)
+        where = torch.cuda.get_device_name() if gpu else f"{args.threads} threads"
+        print(f"matmul peak {name}: {peaks[name] / 1e9:.0f} GFLOP/s ({size}^3, {where})")
 
     warmup = 5
     cfg = load_config(PretrainConfig, args.preset, [
         f"train.max_steps={warmup + args.steps}", "train.time_budget=null", "train.log_every=1",
-        "train.progress=false", "train.eval_every=0", f"train.threads={args.threads}", "train.device=cpu",
+        "train.progress=false", "train.eval_every=0", f"train.threads={args.threads}", f"train.device={args.device}",
         *args.overrides])
     tc = cfg.train
     cfg.model.vocab_size = 64 * -(-cfg.tokenizer.vocab_size // 64)  # what pretrain gives the model
     cfg.model.max_seq_len = max(cfg.model.max_seq_len, tc.seq_len)
     model = GPT(cfg.model)
-    precision = "bf16" if tc.precision == "bf16" else "fp32"
+    precision = "bf16" if tc.precision == "bf16" or (gpu and tc.precision == "auto") else "fp32"
     tc.peak_flops = peaks[precision]
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model, tc, out, batches=RandomTokens(cfg.model.vocab_size, tc.seq_len, tc.micro_batch_size))
@@ -84,6 +89,9 @@ def main() -> int:
           f"{fpt / 1e6:.1f} MFLOP/token, {trainer.tokens_per_step} tokens/step, {precision}")
     print(f"median over {len(timed)} steps: {tok_s:,.0f} tokens/s, {fpt * tok_s / 1e9:.1f} GFLOP/s, "
           f"MFU {100 * mfu:.1f}% of the {precision} matmul peak")
+    if gpu and precision == "bf16":
+        vendor = peak_flops(torch.device(args.device), torch.bfloat16)
+        print(f"MFU {100 * fpt * tok_s / vendor:.1f}% of the vendor's dense bf16 peak ({vendor / 1e12:.0f} TFLOP/s)")
     print(f"process CPU time over the run: {cpu:.1f}s; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"tok_per_s={tok_s:.0f} mfu={mfu:.4f}")
     return 0

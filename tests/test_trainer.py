@@ -55,7 +55,8 @@ def tiny_model(seed: int = 0, dropout: float = 0.1) -> GPT:
 
 def cfg(**kw) -> TrainConfig:
     base = {"lr": 3e-3, "warmup_steps": 2, "micro_batch_size": 2, "seq_len": SEQ, "log_every": 1, "progress": False,
-                "peak_flops": 1e12, "threads": None}
+                "peak_flops": 1e12, "threads": None,
+            "device": "cpu"}  # the CPU path (gloo for the two-process test); tests/test_cuda.py has CUDA's
     return TrainConfig(**{**base, **kw})
 
 
@@ -259,3 +260,14 @@ def test_two_processes_match_one(tmp_path, fsdp):
     m2 = load_model_folder(multi / "checkpoints" / "step_0000003").state_dict()
     assert all(torch.allclose(m1[k], m2[k], atol=1e-5) for k in m1)
     assert math.isfinite(b[-1])
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun --nproc_per_node 2 on a one-GPU machine: say so, instead of CUDA's 'invalid device ordinal'."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="nproc_per_node"):
+        trainer_mod.setup_distributed("auto")

@@ -186,6 +186,8 @@ def pairwise_accuracy(model: ScalarHeadModel, items: list[EncodedComparison], pa
         b = collate_comparisons(items[s : s + batch_size], pad_id)
         if len(b["pairs"]) == 0:
             continue
+        dev = model.head.weight.device
+        b = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
         r = model(b["input_ids"], b["attention_mask"])
         d = r[b["pairs"][:, 0]] - r[b["pairs"][:, 1]]
         correct += float((d > 0).sum() + 0.5 * (d == 0).sum())

@@ -97,6 +97,11 @@ def setup_distributed(device: str = "auto") -> DistInfo:
     if device not in ("auto", "cpu") and device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"train.device={device!r} but CUDA is not available")
     if use_cuda:
+        if world > 1 and local >= torch.cuda.device_count():
+            raise ValueError(
+                f"torchrun started process {local} on this node but it has {torch.cuda.device_count()} GPU(s): "
+                "use --nproc_per_node <= the GPU count (NCCL needs one GPU per process), or train.device=cpu"
+            )
         dev = torch.device("cuda", local) if world > 1 or device in ("auto", "cuda") else torch.device(device)
         torch.cuda.set_device(dev)
     else:
