@@ -28,6 +28,8 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
+SAMPLING: dict = {}  # top_p / top_k from the command line, sent to both servers
+
 PROMPTS = [
     "Explain how a classification algorithm works.",
     "Write a short poem about the sea.",
@@ -170,6 +172,7 @@ async def one_exchange(
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0.7,
+        **SAMPLING,
         "seed": seed,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -287,6 +290,8 @@ def llama_cpp_single_stream(gguf: Path, n: int, max_tokens: int, threads: int = 
             messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
             max_tokens=max_tokens,
             temperature=0.7,
+            top_p=SAMPLING.get("top_p", 1.0),  # llama-cpp-python's own defaults are 0.95 / 40: pass ours
+            top_k=SAMPLING.get("top_k", 0),
         )
         seconds += time.perf_counter() - t0  # prompt processing included, as in our numbers
         tokens += r["usage"]["completion_tokens"]
@@ -313,12 +318,15 @@ def main() -> int:
         "--seconds", type=float, default=30.0, help="load time per level (requests started before it end)"
     )
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--top-p", type=float, default=None, help="nucleus sampling for both servers (default: off)")
+    ap.add_argument("--top-k", type=int, default=None, help="top-k for both servers (default: off)")
     ap.add_argument("--llama-answers", type=int, default=8, help="llama.cpp single-stream answers (0: skip)")
     ap.add_argument(
         "--moderation-answers", type=int, default=8, help="answers each with moderation on/off (0: skip)"
     )
     ap.add_argument("--json", help="write the results here too")
     args = ap.parse_args()
+    SAMPLING.update({k: v for k, v in (("top_p", args.top_p), ("top_k", args.top_k)) if v is not None})
 
     out: dict = {"model": args.model, "max_tokens": args.max_tokens, "load": os.getloadavg(), "levels": []}
     tmp = Path(tempfile.mkdtemp(prefix="cf-bench-"))

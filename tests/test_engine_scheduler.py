@@ -287,6 +287,31 @@ def test_row_sampling_respects_each_rows_settings():
         assert allowed[out[3]]
 
 
+def test_truncated_sampling_from_candidates_equals_the_full_sort(monkeypatch):
+    """Top-k/top-p rows sample from the largest CANDIDATES logits; every token must be the one the
+    full-vocabulary sort picks, including rows the fast path must hand back (k above the candidates,
+    flat distributions whose candidates hold less than top_p)."""
+    from chatfactory.engine import row_sampling
+
+    monkeypatch.setattr(row_sampling, "CANDIDATES", 64)
+    g = torch.Generator().manual_seed(0)
+    V, B = 3000, 10
+    top_k = torch.tensor([0, 0, 50, 100, 0, 10, 0, 64, 65, 0])
+    top_p = torch.tensor([0.9, 0.99, 1.0, 0.9, 0.5, 0.8, 0.999, 1.0, 0.95, 1e-6])
+    temp = torch.full((B,), 0.7)
+    fell_back = 0
+    for trial in range(60):
+        logits = torch.randn(B, V, generator=g) * (0.3, 1.0, 3.0, 8.0)[trial % 4]
+        u = torch.rand(B, generator=g)
+        got = sample_rows(logits, temp, top_k, top_p, u)
+        scaled = logits / 0.7
+        k = torch.where(top_k > 0, top_k, V)
+        want = row_sampling._truncated_full_sort(scaled, k, top_p, u)
+        assert torch.equal(got, want), trial
+        fell_back += row_sampling._truncated_from_candidates(scaled, k, top_p, u)[1].numel()
+    assert fell_back > 0  # the hand-back path was exercised too
+
+
 def test_hugging_face_folders_serve_the_same_tokens(loaded, tmp_path):
     from chatfactory.loader import load
     from chatfactory.model.hf import export_hf_folder
