@@ -76,7 +76,7 @@ class PPOConfig:
     vf_coef: float = 0.5  # value loss weight (one optimizer for actor and critic)
     gamma: float = 1.0
     lam: float = 0.95
-    kl_coef: float = 0.05  # beta; the initial one with kl_target set
+    kl_coef: float = 0.1  # beta; the initial one with kl_target set (presets/ppo.yaml: measured)
     kl_target: float | None = None  # adaptive controller's target KL (nats per answer); None = fixed beta
     kl_horizon: int = 10000  # adaptive controller's horizon (answers)
     missing_eos_penalty: float = 1.0  # subtracted from the score of an answer without <|im_end|>
