@@ -78,9 +78,7 @@ def _truncated_from_candidates(scaled, k, p, uniform):
     probs = (vals - norm[:, None]).exp().masked_fill(beyond_k, 0.0)
     # exact when the top k fit among the candidates, or (no top-k) the candidates hold mass p
     ok = (k <= c) | ((k >= V) & (probs.sum(-1) >= p))
-    drop = (probs.cumsum(-1) - probs >= p[:, None]) & (p[:, None] < 1.0)
-    choice = _inverse_cdf(probs.masked_fill(drop, 0.0), uniform)
-    return idx.gather(1, choice[:, None]).squeeze(1), (~ok).nonzero().squeeze(1)
+    return _pick(probs, p, uniform, idx), (~ok).nonzero().squeeze(1)
 
 
 def _truncated_full_sort(scaled, k, p, uniform):
@@ -88,7 +86,12 @@ def _truncated_full_sort(scaled, k, p, uniform):
     sorted_logits, order = scaled.sort(-1, descending=True)
     rank = torch.arange(V, device=scaled.device)
     probs = sorted_logits.masked_fill(rank[None, :] >= k[:, None], float("-inf")).softmax(-1)
+    return _pick(probs, p, uniform, order)
+
+
+def _pick(probs, p, uniform, token_ids):
+    """Top-p over probabilities sorted largest first, then the inverse-CDF draw; returns token ids."""
     # drop a token when the mass before it already reaches top_p (the first always stays)
     drop = (probs.cumsum(-1) - probs >= p[:, None]) & (p[:, None] < 1.0)
     choice = _inverse_cdf(probs.masked_fill(drop, 0.0), uniform)
-    return order.gather(1, choice[:, None]).squeeze(1)
+    return token_ids.gather(1, choice[:, None]).squeeze(1)
