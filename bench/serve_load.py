@@ -160,7 +160,21 @@ class Level:
             "window_tokens_per_s": round(n_window / self.window_s, 1) if self.window_s else None,
             "mean_batch": round(self.engine_delta(tok, self.end_counters) / n_steps, 1) if n_steps else None,
             "prefix_cache_reused_tokens": int(self.engine_delta("chatfactory_prefix_cache_reused_tokens_total", self.end_counters)),
+            **self.engine_time(),
         }
+
+    def engine_time(self) -> dict:
+        """Where the engine's time went while every client was active: decoding, admitting
+        newcomers (the batch waits), or idle; and the mean wait of a request in its queue."""
+        if "engine_decode_s" not in self.window_counters or not self.window_s:
+            return {}
+        decode = self.engine_delta("engine_decode_s", self.window_counters)
+        admit = self.engine_delta("engine_admit_s", self.window_counters)
+        n = self.engine_delta("chatfactory_engine_admitted_total", self.window_counters)
+        wait = self.engine_delta("chatfactory_engine_queue_wait_seconds_total", self.window_counters)
+        return {"engine_decode_share": round(decode / self.window_s, 3),
+                "engine_admit_share": round(admit / self.window_s, 3),
+                "queue_wait_mean_ms": round(1000 * wait / n) if n else None}
 
 
 async def one_exchange(
@@ -247,9 +261,14 @@ def engine_counters(url: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for line in text.splitlines():
         for name in ("chatfactory_engine_decode_steps_total", "chatfactory_engine_tokens_total",
-                     "chatfactory_prefix_cache_reused_tokens_total"):
+                     "chatfactory_prefix_cache_reused_tokens_total", "chatfactory_engine_admitted_total",
+                     "chatfactory_engine_queue_wait_seconds_total"):
             if line.startswith(name + "{"):
                 out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        for phase in ("decode", "admit"):
+            if line.startswith("chatfactory_engine_seconds_total{") and f'phase="{phase}"' in line:
+                key = f"engine_{phase}_s"
+                out[key] = out.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 

@@ -312,6 +312,28 @@ def test_truncated_sampling_from_candidates_equals_the_full_sort(monkeypatch):
     assert fell_back > 0  # the hand-back path was exercised too
 
 
+def test_merged_cache_has_no_uninitialised_values_before_its_position(monkeypatch):
+    """merge allocates without zeroing: every column before `pos` must be copied or zeroed (a NaN
+    under the attention mask still poisons the output: 0 * NaN = NaN)."""
+    from chatfactory.engine import batch_cache
+    from chatfactory.model import GPT, ModelConfig
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *shape, **kw: real_empty(*shape, **kw).fill_(float("nan")))
+    model = GPT(ModelConfig(family="llama", vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=64))
+    a = model.new_kv_cache(2, 10)
+    a.k.normal_(), a.v.normal_()
+    a.pos, a.valid[:, :6] = 6, True
+    b = model.new_kv_cache(1, 12)
+    b.k.normal_(), b.v.normal_()
+    b.pos, b.valid[:, :9] = 9, True
+    for first, second in ((a, b), (None, b), (b, a)):
+        out = batch_cache.merge(model, first, second, room=5)
+        assert out.pos == 9 and out.max_len == 14
+        assert torch.isfinite(out.k[:, :, :, : out.pos]).all() and torch.isfinite(out.v[:, :, :, : out.pos]).all()
+        assert int(out.valid.sum()) == sum(int(c.valid.sum()) for c in (first, second) if c is not None)
+
+
 def test_hugging_face_folders_serve_the_same_tokens(loaded, tmp_path):
     from chatfactory.loader import load
     from chatfactory.model.hf import export_hf_folder

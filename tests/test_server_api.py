@@ -50,8 +50,14 @@ def test_models_health_metrics(local_server, client):
     before = engine_tokens()
     r = client.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
     assert engine_tokens() - before >= r.usage.completion_tokens >= 1
-    for name in ("chatfactory_engine_decode_steps_total", "chatfactory_engine_running", "chatfactory_prefix_cache_reused_tokens_total"):
-        assert f'{name}{{model="{MODEL}"}}' in httpx.get(f"http://127.0.0.1:{local_server.port}/metrics").text
+    text = httpx.get(f"http://127.0.0.1:{local_server.port}/metrics").text
+    for name in ("chatfactory_engine_decode_steps_total", "chatfactory_engine_running", "chatfactory_prefix_cache_reused_tokens_total",
+                 "chatfactory_engine_admitted_total", "chatfactory_engine_queue_wait_seconds_total"):
+        assert f'{name}{{model="{MODEL}"}}' in text
+    # where the engine's time went: both phases ran for that answer
+    for phase in ("decode", "admit"):
+        line = next(x for x in text.splitlines() if x.startswith(f'chatfactory_engine_seconds_total{{model="{MODEL}",phase="{phase}"}}'))
+        assert float(line.rsplit(" ", 1)[1]) > 0
 
 
 def test_chat_completion_usage_moderation_and_storage(local_server, client):

@@ -29,14 +29,20 @@ def merge(model: GPT, a: KVCache | None, b: KVCache, room: int) -> KVCache:
     pa = a.pos if a is not None else 0
     pos = max(pa, b.pos)
     rows_a = a.batch_size if a is not None else 0
-    out = model.new_kv_cache(rows_a + b.batch_size, pos + room)
+    # uninitialised, not zeroed (zeroing the whole cache took as long as the copies): every column
+    # before `pos` is copied or zeroed below, and the decode steps write the later ones before reading
+    out = model.new_kv_cache(rows_a + b.batch_size, pos + room, zeroed=False)
     for src, r0, p in ((a, 0, pa), (b, rows_a, b.pos)):
-        if src is None or p == 0:
+        r1 = r0 + (src.batch_size if src is not None else 0)
+        if r1 == r0:
             continue
-        r1 = r0 + src.batch_size
-        out.k[:, r0:r1, :, pos - p : pos] = src.k[:, :, :, :p]
-        out.v[:, r0:r1, :, pos - p : pos] = src.v[:, :, :, :p]
-        out.valid[r0:r1, pos - p : pos] = src.valid[:, :p]
+        # left of a shorter source: masked out by `valid`, but zeros (never NaN) under the mask
+        out.k[:, r0:r1, :, : pos - p] = 0
+        out.v[:, r0:r1, :, : pos - p] = 0
+        if p:
+            out.k[:, r0:r1, :, pos - p : pos] = src.k[:, :, :, :p]
+            out.v[:, r0:r1, :, pos - p : pos] = src.v[:, :, :, :p]
+            out.valid[r0:r1, pos - p : pos] = src.valid[:, :p]
     out.pos = pos
     return out
 

@@ -214,6 +214,10 @@ class Engine:
         self.requests_submitted = 0
         self.tokens_generated = 0
         self.decode_steps = 0
+        # where the engine thread's time goes (seconds), exported by /metrics: decode steps,
+        # admissions (prefill of newcomers, which pauses the batch), and requests' waits in the queue
+        self.decode_seconds = self.admit_seconds = self.queue_wait_seconds = 0.0
+        self.admitted = 0
         self.peak_batch = 0  # most rows decoded together so far
         # keys/values of recent prompts, reused by prompts that begin the same way
         self.prefix_cache = prefix_cache.PrefixCache.from_env() if use_prefix_cache else None
@@ -338,13 +342,18 @@ class Engine:
         # (a failed admission leaves the running batch untouched: it is merged in last).
         with torch.inference_mode():
             if new:
+                t0 = time.perf_counter()
+                self.queue_wait_seconds += sum(t0 - r.submitted_at for r in new)
+                self.admitted += len(new)
                 try:
                     self._admit(new)
                 except Exception as e:
                     log.exception("engine %s: prefill failed", self.name)
                     for req in new:
                         req._finish("error", e)
+                self.admit_seconds += time.perf_counter() - t0
             if self._rows:
+                t0 = time.perf_counter()
                 try:
                     self._step()
                 except Exception as e:
@@ -352,6 +361,7 @@ class Engine:
                     for row in self._rows:
                         row.req._finish("error", e)
                     self._reset_batch()
+                self.decode_seconds += time.perf_counter() - t0
 
     def _admit(self, reqs: list[EngineRequest]) -> None:
         """Prefill newcomers together (left-padded), sample their first tokens, merge them in."""

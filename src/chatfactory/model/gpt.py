@@ -24,10 +24,14 @@ class KVCache:
     request that joins a running batch) mark their unused slots invalid in `valid`.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None):
+    def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None,
+                 zeroed: bool = True):
+        """zeroed=False leaves k and v uninitialised: for a caller that writes or zeroes every
+        column before `pos` itself (columns from `pos` on are always written before they are read)."""
         shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        alloc = torch.zeros if zeroed else torch.empty
+        self.k = alloc(shape, device=device, dtype=dtype)
+        self.v = alloc(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
         self.max_len = max_len
         self.pos = 0
@@ -314,9 +318,10 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, zeroed: bool = True) -> KVCache:
         p = next(self.parameters())
-        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype)
+        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype,
+                       zeroed=zeroed)
 
 
 def _positions_within_documents(doc_ids: torch.Tensor) -> torch.Tensor:

@@ -64,9 +64,22 @@ class _EngineCollector:
         reused = CounterMetricFamily(
             "chatfactory_prefix_cache_reused_tokens", "Prompt tokens whose prefill the prefix cache saved", labels=["model"]
         )
+        seconds = CounterMetricFamily(
+            "chatfactory_engine_seconds", "Engine thread time: decode steps, or admitting newcomers (prefill)",
+            labels=["model", "phase"],
+        )
+        admitted = CounterMetricFamily("chatfactory_engine_admitted", "Requests admitted to the batch", labels=["model"])
+        waited = CounterMetricFamily(
+            "chatfactory_engine_queue_wait_seconds", "Summed time requests waited in the queue before admission",
+            labels=["model"],
+        )
         for name, e in self.engines.items():
             steps.add_metric([name], e.decode_steps)
             tokens.add_metric([name], e.tokens_generated)
             running.add_metric([name], e.batch_size)
             reused.add_metric([name], e.prefix_cache.reused_tokens if e.prefix_cache is not None else 0)
-        yield from (steps, tokens, running, reused)
+            seconds.add_metric([name, "decode"], e.decode_seconds)
+            seconds.add_metric([name, "admit"], e.admit_seconds)
+            admitted.add_metric([name], e.admitted)
+            waited.add_metric([name], e.queue_wait_seconds)
+        yield from (steps, tokens, running, reused, seconds, admitted, waited)
