@@ -334,6 +334,28 @@ def test_merged_cache_has_no_uninitialised_values_before_its_position(monkeypatc
         assert int(out.valid.sum()) == sum(int(c.valid.sum()) for c in (first, second) if c is not None)
 
 
+def test_compact_rows_moves_only_the_rows_it_must_and_keeps_every_kept_row_intact():
+    from chatfactory.engine import batch_cache
+    from chatfactory.model import GPT, ModelConfig
+
+    model = GPT(ModelConfig(family="llama", vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=64))
+    for keep in ([0, 2, 5], [3, 4, 5], [1], [0, 1, 2, 3, 4, 5], [0, 5]):
+        cache = model.new_kv_cache(6, 20)
+        cache.k.normal_(), cache.v.normal_()
+        cache.pos = 12
+        for r in range(6):  # row r starts at column 2 * r: leading columns only later rows leave unused
+            cache.valid[r, 2 * r : 12] = True
+        before = (cache.k.clone(), cache.v.clone(), cache.valid.clone())
+        order = batch_cache.compact_rows(cache, keep)
+        assert sorted(order) == keep and [i for i in order if i < len(keep)] == [i for i in range(len(keep)) if i in keep]
+        first = 2 * min(keep)
+        assert cache.pos == 12 - first and cache.max_len == 20 - first and cache.batch_size == len(keep)
+        for j, i in enumerate(order):
+            assert torch.equal(cache.k[:, j], before[0][:, i, :, first:])
+            assert torch.equal(cache.v[:, j], before[1][:, i, :, first:])
+            assert torch.equal(cache.valid[j], before[2][i, first:])
+
+
 def test_hugging_face_folders_serve_the_same_tokens(loaded, tmp_path):
     from chatfactory.loader import load
     from chatfactory.model.hf import export_hf_folder

@@ -59,3 +59,34 @@ def keep_rows(cache: KVCache, rows: list[int]) -> None:
     cache.valid = cache.valid[idx, first:]
     cache.pos -= first
     cache.max_len -= first
+
+
+def compact_rows(cache: KVCache, keep: list[int]) -> list[int]:
+    """Drop every row not in `keep` (ascending indices) with as few copies as possible: kept rows
+    from the end move into the holes left by dropped rows before them, one row each, and the
+    cache becomes a view of its first len(keep) rows, cut to the columns a kept row still uses.
+    (`keep_rows` gathers every kept row into a new tensor: at 16 SmolLM2 rows, a copy of the
+    whole cache each time a request finished.) Returns the old index now at each new row, for
+    the caller to reorder its per-row state the same way."""
+    n = len(keep)
+    kept = set(keep)
+    holes = [i for i in range(n) if i not in kept]
+    movers = [i for i in keep if i >= n]  # as many as there are holes
+    for h, src in zip(holes, movers):
+        cache.k[:, h] = cache.k[:, src]
+        cache.v[:, h] = cache.v[:, src]
+        cache.valid[h] = cache.valid[src]
+    order = [-1] * n
+    for i in keep:
+        if i < n:
+            order[i] = i
+    for h, src in zip(holes, movers):
+        order[h] = src
+    used = cache.valid[:n, : cache.pos].any(0).nonzero()
+    first = int(used[0]) if used.numel() else cache.pos
+    cache.k = cache.k[:, :n, :, first:]
+    cache.v = cache.v[:, :n, :, first:]
+    cache.valid = cache.valid[:n, first:]
+    cache.pos -= first
+    cache.max_len -= first
+    return order

@@ -422,7 +422,7 @@ class Engine:
         if not keep:
             self._reset_batch()
             return
-        batch_cache.keep_rows(self._cache, keep)
+        keep = batch_cache.compact_rows(self._cache, keep)  # the rows' new order
         idx = torch.tensor(keep, device=self.device)
         self._rows = [self._rows[i] for i in keep]
         self._last, self._next_pos = self._last[idx], self._next_pos[idx]
