@@ -377,7 +377,7 @@ class Engine:
         if not keep:
             return
         if len(keep) < len(rows):
-            batch_cache.keep_rows(cache, keep)
+            keep = batch_cache.compact_rows(cache, keep)  # the kept newcomers' new order
         rows = [rows[i] for i in keep]
         idx = torch.tensor(keep, device=self.device)
         all_rows = self._rows + rows
