@@ -329,9 +329,50 @@ def test_merged_cache_has_no_uninitialised_values_before_its_position(monkeypatc
     b.pos, b.valid[:, :9] = 9, True
     for first, second in ((a, b), (None, b), (b, a)):
         out = batch_cache.merge(model, first, second, room=5)
-        assert out.pos == 9 and out.max_len == 14
+        assert out.pos == 9 and out.max_len == 14 + min(5, batch_cache.SLACK)
         assert torch.isfinite(out.k[:, :, :, : out.pos]).all() and torch.isfinite(out.v[:, :, :, : out.pos]).all()
         assert int(out.valid.sum()) == sum(int(c.valid.sum()) for c in (first, second) if c is not None)
+
+
+def test_merge_into_spare_rows_copies_only_the_newcomers_and_equals_a_fresh_merge():
+    """A join after a leave reuses the freed row in place: the running rows are not copied, and
+    the cache is the one a merge into a new cache gives."""
+    from chatfactory.engine import batch_cache
+    from chatfactory.model import GPT, ModelConfig
+
+    model = GPT(ModelConfig(family="llama", vocab_size=50, n_layer=2, n_head=4, n_kv_head=2, d_model=32, max_seq_len=64))
+
+    def filled(rows, n, valid_from):
+        c = model.new_kv_cache(rows, n + 4)
+        c.k.normal_(), c.v.normal_()
+        c.pos = n
+        c.valid[:, valid_from:n] = True
+        return c
+
+    running = batch_cache.merge(model, None, filled(3, 8, 0), room=6, rows=4)
+    assert running.batch_size == 3 and running.spare_rows == 1
+    batch_cache.compact_rows(running, [0, 2])  # a row leaves: two spare rows now
+    kept_k = running.k[:, :, :, :8].clone()
+    newcomer = filled(2, 5, 1)
+    ptr = running.k.data_ptr()
+    fresh = batch_cache.merge(model, _copy(model, running), newcomer, room=6)
+    joined = batch_cache.merge(model, running, newcomer, room=6, rows=4)
+    assert joined is running and joined.k.data_ptr() == ptr  # in place
+    assert joined.batch_size == 4 and joined.spare_rows == 0 and joined.pos == fresh.pos == 8
+    assert torch.equal(joined.k[:, :2, :, :8], kept_k)
+    for name in ("k", "v"):
+        assert torch.equal(getattr(joined, name)[:, :, :, :8], getattr(fresh, name)[:, :, :, :8])
+    assert torch.equal(joined.valid[:, :8], fresh.valid[:, :8])
+    # no spare row left, or a newcomer longer than the batch's span: a new cache
+    assert batch_cache.merge(model, joined, filled(1, 5, 0), room=6, rows=4) is not joined
+    assert batch_cache.merge(model, fresh, filled(1, 9, 0), room=6, rows=8) is not fresh
+
+
+def _copy(model, cache):
+    out = model.new_kv_cache(cache.batch_size, cache.max_len)
+    out.k.copy_(cache.k), out.v.copy_(cache.v), out.valid.copy_(cache.valid)
+    out.pos = cache.pos
+    return out
 
 
 def test_compact_rows_moves_only_the_rows_it_must_and_keeps_every_kept_row_intact():

@@ -5,11 +5,13 @@ The model's KVCache has one write column `pos` shared by all rows and a per-row 
 a row's first token is invalid for it and masked out of its attention. Each row's RoPE /
 learned positions are passed explicitly (`position_ids`), so a column is not a position.
 
-- join: newcomers are prefilled in a cache of their own, then `merge` right-aligns both
-  caches at pos' = max(pos_a, pos_b) in a freshly allocated one (one copy per join);
+- join: newcomers are prefilled in a cache of their own, then `merge` copies them into the
+  running cache's spare rows, right-aligned at its `pos`; only when it has no room (or a
+  newcomer is longer than the batch's span) are both copied into a new, larger cache;
 - leave: `compact_rows` drops finished rows (moving one kept row into each hole, no full copy)
-  and the leading columns no remaining row uses, so the cache spans only live requests however
-  long the engine keeps serving.
+  and the leading columns no remaining row uses (a narrower view of the same buffers), so the
+  cache spans only live requests however long the engine keeps serving, and the freed rows
+  are spare rows for the next join.
 
 The price of one shared column: every row attends over the batch's whole span (masked where
 not its own) and the cache holds rows x span, so a long conversation next to short ones costs
@@ -22,28 +24,48 @@ from __future__ import annotations
 from chatfactory.model import GPT, KVCache
 
 
-def merge(model: GPT, a: KVCache | None, b: KVCache, room: int) -> KVCache:
+def merge(model: GPT, a: KVCache | None, b: KVCache, room: int, rows: int = 0) -> KVCache:
     """Rows of `a` then rows of `b` in one cache, both ending at the same column, with `room`
-    free columns after it for the tokens still to come."""
+    free columns after it for the tokens still to come. In place when `a` has the spare rows
+    and columns and `b` is no longer than `a` (only b's rows are copied); otherwise in a new
+    cache with spare rows up to `rows` and `slack` more free columns, so later joins can be in place."""
+    if a is not None and a.spare_rows >= b.batch_size and b.pos <= a.pos and a.max_len - a.pos >= room:
+        r0 = a.batch_size
+        a.add_rows(b.batch_size)
+        try:
+            _place(a, r0, a.pos, b)
+        except BaseException:
+            a.narrow(r0)  # the running batch as it was
+            raise
+        return a
     pa = a.pos if a is not None else 0
     pos = max(pa, b.pos)
     rows_a = a.batch_size if a is not None else 0
+    n = rows_a + b.batch_size
     # uninitialised, not zeroed (zeroing the whole cache took as long as the copies): every column
     # before `pos` is copied or zeroed below, and the decode steps write the later ones before reading
-    out = model.new_kv_cache(rows_a + b.batch_size, pos + room, zeroed=False)
-    for src, r0, p in ((a, 0, pa), (b, rows_a, b.pos)):
-        r1 = r0 + (src.batch_size if src is not None else 0)
-        if r1 == r0:
-            continue
-        # left of a shorter source: masked out by `valid`, but zeros (never NaN) under the mask
-        out.k[:, r0:r1, :, : pos - p] = 0
-        out.v[:, r0:r1, :, : pos - p] = 0
-        if p:
-            out.k[:, r0:r1, :, pos - p : pos] = src.k[:, :, :, :p]
-            out.v[:, r0:r1, :, pos - p : pos] = src.v[:, :, :, :p]
-            out.valid[r0:r1, pos - p : pos] = src.valid[:, :p]
+    out = model.new_kv_cache(n, pos + room + min(room, SLACK), zeroed=False, spare_rows=max(0, rows - n))
     out.pos = pos
+    if a is not None:
+        _place(out, 0, pos, a)
+    _place(out, rows_a, pos, b)
     return out
+
+
+SLACK = 256  # at most this many more free columns than asked for, on a fresh merge
+
+
+def _place(out: KVCache, r0: int, pos: int, src: KVCache) -> None:
+    """src's rows into out's rows r0.., right-aligned to end at column `pos`."""
+    r1, p = r0 + src.batch_size, src.pos
+    # left of a shorter source: masked out by `valid`, but zeros (never NaN) under the mask
+    out.k[:, r0:r1, :, : pos - p] = 0
+    out.v[:, r0:r1, :, : pos - p] = 0
+    out.valid[r0:r1, : pos - p] = False
+    if p:
+        out.k[:, r0:r1, :, pos - p : pos] = src.k[:, :, :, :p]
+        out.v[:, r0:r1, :, pos - p : pos] = src.v[:, :, :, :p]
+        out.valid[r0:r1, pos - p : pos] = src.valid[:, :p]
 
 
 def compact_rows(cache: KVCache, keep: list[int]) -> list[int]:
@@ -66,9 +88,5 @@ def compact_rows(cache: KVCache, keep: list[int]) -> list[int]:
         order[h] = src
     used = cache.valid[:n, : cache.pos].any(0).nonzero()
     first = int(used[0]) if used.numel() else cache.pos
-    cache.k = cache.k[:, :n, :, first:]
-    cache.v = cache.v[:, :n, :, first:]
-    cache.valid = cache.valid[:n, first:]
-    cache.pos -= first
-    cache.max_len -= first
+    cache.narrow(n, first)
     return order

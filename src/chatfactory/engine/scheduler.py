@@ -381,7 +381,6 @@ class Engine:
         rows = [rows[i] for i in keep]
         idx = torch.tensor(keep, device=self.device)
         all_rows = self._rows + rows
-        merged = batch_cache.merge(self.model, self._cache, cache, max(r.remaining for r in all_rows))
         new = (
             torch.tensor([toks[i] for i in keep], device=self.device),
             torch.tensor([len(r.req.prompt_ids) for r in rows], device=self.device),
@@ -392,8 +391,12 @@ class Engine:
         if self._rows:
             old = (self._last, self._next_pos, self._temp, self._top_k, self._top_p)
             new = tuple(torch.cat([a, b]) for a, b in zip(old, new))
-        # assigned together, last: a failure above leaves the running batch as it was
-        self._cache, self._rows = merged, all_rows
+        # last, and assigned together: a failure before this leaves the running batch as it was
+        # (merge writes into the running cache's spare rows, which no row reads until assigned)
+        self._cache = batch_cache.merge(
+            self.model, self._cache, cache, max(r.remaining for r in all_rows), rows=self.max_batch
+        )
+        self._rows = all_rows
         self._last, self._next_pos, self._temp, self._top_k, self._top_p = new
         self.peak_batch = max(self.peak_batch, len(all_rows))
 

@@ -22,34 +22,58 @@ class KVCache:
 
     All rows share one write position `pos`; rows that start later (left padding, or a
     request that joins a running batch) mark their unused slots invalid in `valid`.
+
+    `k`, `v` and `valid` are views of the first `batch_size` rows of buffers that may hold
+    `spare_rows` more, so a serving batch can shrink (`narrow`) and grow again (`add_rows`)
+    without copying the rows it keeps (engine/batch_cache.py).
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, device=None, dtype=None,
-                 zeroed: bool = True):
+                 zeroed: bool = True, spare_rows: int = 0):
         """zeroed=False leaves k and v uninitialised: for a caller that writes or zeroes every
         column before `pos` itself (columns from `pos` on are always written before they are read)."""
-        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        shape = (config.n_layer, batch_size + spare_rows, config.n_kv_head, max_len, config.head_dim)
         alloc = torch.zeros if zeroed else torch.empty
-        self.k = alloc(shape, device=device, dtype=dtype)
-        self.v = alloc(shape, device=device, dtype=dtype)
-        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
-        self.max_len = max_len
+        self._k = alloc(shape, device=device, dtype=dtype)
+        self._v = alloc(shape, device=device, dtype=dtype)
+        self._valid = torch.zeros(batch_size + spare_rows, max_len, dtype=torch.bool, device=device)
+        self._rows, self._col0 = batch_size, 0
         self.pos = 0
+        self._set_views()
+
+    def _set_views(self) -> None:
+        r, c = self._rows, self._col0
+        self.k, self.v = self._k[:, :r, :, c:], self._v[:, :r, :, c:]
+        self.valid = self._valid[:r, c:]
+        self.max_len = self._k.shape[3] - c
 
     @property
     def batch_size(self) -> int:
-        return self.k.shape[1]
+        return self._rows
+
+    @property
+    def spare_rows(self) -> int:
+        return self._k.shape[1] - self._rows
+
+    def narrow(self, rows: int, first: int = 0) -> None:
+        """Keep the first `rows` rows and drop the `first` leading columns (no copy)."""
+        if not 0 <= rows <= self._rows or not 0 <= first <= self.pos:
+            raise ValueError(f"narrow({rows}, {first}) of a cache of {self._rows} rows at position {self.pos}")
+        self._rows, self._col0, self.pos = rows, self._col0 + first, self.pos - first
+        self._set_views()
+
+    def add_rows(self, n: int) -> None:
+        """Extend the views over `n` spare rows (their contents are the caller's to write)."""
+        if n > self.spare_rows:
+            raise ValueError(f"add_rows({n}): only {self.spare_rows} spare rows")
+        self._rows += n
+        self._set_views()
 
     def reserve(self, n: int, valid: torch.Tensor | None) -> None:
         """Called once per forward before the layers write `n` new positions."""
         if self.pos + n > self.max_len:
             raise ValueError(f"KV cache full: {self.pos} + {n} tokens > capacity {self.max_len}")
         self.valid[:, self.pos : self.pos + n] = True if valid is None else valid.to(torch.bool)
-
-    def select(self, rows: torch.Tensor | list[int]) -> None:
-        """Keep only these batch rows (finished sequences leave the batch)."""
-        rows = torch.as_tensor(rows, dtype=torch.long, device=self.k.device)
-        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
 
 
 class Linear(nn.Linear):
@@ -318,10 +342,11 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100, reduction=reduction)
         return loss.view(targets.shape) if reduction == "none" else loss
 
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None, zeroed: bool = True) -> KVCache:
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, zeroed: bool = True,
+                     spare_rows: int = 0) -> KVCache:
         p = next(self.parameters())
         return KVCache(self.config, batch_size, max_len or self.config.max_seq_len, device=p.device, dtype=p.dtype,
-                       zeroed=zeroed)
+                       zeroed=zeroed, spare_rows=spare_rows)
 
 
 def _positions_within_documents(doc_ids: torch.Tensor) -> torch.Tensor:
