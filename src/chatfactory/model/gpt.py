@@ -154,13 +154,22 @@ class Attention(nn.Module):
             v = kv_cache.v[self.layer_idx, :, :, : p + T]
         dropout = c.dropout if self.training else 0.0
         rep = c.n_head // c.n_kv_head
-        if rep > 1 and T == 1 and kv_cache is not None:
-            # Decoding one token with GQA: fold each kv group's `rep` query heads into the query
+        if T == 1 and kv_cache is not None:
+            # Decoding one token. With GQA, fold each kv group's `rep` query heads into the query
             # axis, (B, n_kv_head, rep, D), so attention reads the cached k/v once instead of
             # copying them `rep` times with repeat_interleave (at 1k context that copy was ~17%
             # of a SmolLM2 decode step). Exact: one query position needs no causal mask, and the
             # (B, 1, 1, S) padding mask broadcasts over the folded axis.
-            y = F.scaled_dot_product_attention(q.reshape(B, c.n_kv_head, rep, c.head_dim), k, v, attn_mask=mask)
+            qf = q.reshape(B, c.n_kv_head, rep, c.head_dim)
+            if x.device.type == "cpu" and not torch.is_grad_enabled():
+                # by hand on a CPU: SDPA takes its unfused "math" path for a masked single query
+                # and a whole SmolLM2 decode step at 16 rows took 8 % longer with it (BENCHMARKS.md, "Decode")
+                s = torch.matmul(qf, k.transpose(-1, -2)).mul_(c.head_dim**-0.5)
+                if mask is not None:
+                    s.masked_fill_(~mask, float("-inf"))
+                y = torch.matmul(s.softmax(-1), v)
+            else:
+                y = F.scaled_dot_product_attention(qf, k, v, attn_mask=mask)
             y = y.reshape(B, c.n_head, 1, c.head_dim)
         else:
             if rep > 1:
