@@ -16,7 +16,8 @@ learned positions are passed explicitly (`position_ids`), so a column is not a p
 The price of one shared column: every row attends over the batch's whole span (masked where
 not its own) and the cache holds rows x span, so a long conversation next to short ones costs
 the short ones too. A paged, per-row layout (vLLM's) avoids that; at the context lengths of
-the small CPU-served models here the attention is a small part of a step (~5 % at 16 rows).
+the small CPU-served models here the attention is a minor part of a step (its two batched
+matmuls were 14 % of a SmolLM2 step at 16 rows and ~300 columns; the weight matmuls 67 %).
 """
 
 from __future__ import annotations
