@@ -351,6 +351,8 @@ def test_merge_into_spare_rows_copies_only_the_newcomers_and_equals_a_fresh_merg
 
     running = batch_cache.merge(model, None, filled(3, 8, 0), room=6, rows=4)
     assert running.batch_size == 3 and running.spare_rows == 1
+    # spare rows double a cache at most: one long request does not reserve a whole batch
+    assert batch_cache.merge(model, None, filled(1, 8, 0), room=6, rows=16).spare_rows == 1
     batch_cache.compact_rows(running, [0, 2])  # a row leaves: two spare rows now
     kept_k = running.k[:, :, :, :8].clone()
     newcomer = filled(2, 5, 1)

@@ -29,7 +29,8 @@ def merge(model: GPT, a: KVCache | None, b: KVCache, room: int, rows: int = 0) -
     """Rows of `a` then rows of `b` in one cache, both ending at the same column, with `room`
     free columns after it for the tokens still to come. In place when `a` has the spare rows
     and columns and `b` is no longer than `a` (only b's rows are copied); otherwise in a new
-    cache with spare rows up to `rows` and `slack` more free columns, so later joins can be in place."""
+    cache with spare rows (as many as it has, up to `rows` in all) and up to SLACK more free
+    columns, so later joins can be in place."""
     if a is not None and a.spare_rows >= b.batch_size and b.pos <= a.pos and a.max_len - a.pos >= room:
         r0 = a.batch_size
         a.add_rows(b.batch_size)
@@ -45,7 +46,10 @@ def merge(model: GPT, a: KVCache | None, b: KVCache, room: int, rows: int = 0) -
     n = rows_a + b.batch_size
     # uninitialised, not zeroed (zeroing the whole cache took as long as the copies): every column
     # before `pos` is copied or zeroed below, and the decode steps write the later ones before reading
-    out = model.new_kv_cache(n, pos + room + min(room, SLACK), zeroed=False, spare_rows=max(0, rows - n))
+    # spare rows: as many again, up to `rows` (doubling, as a growing array does: a lone long request
+    # on a GPU must not reserve a whole batch's memory)
+    spare = max(0, min(rows - n, n))
+    out = model.new_kv_cache(n, pos + room + min(room, SLACK), zeroed=False, spare_rows=spare)
     out.pos = pos
     if a is not None:
         _place(out, 0, pos, a)
