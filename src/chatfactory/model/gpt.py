@@ -163,7 +163,8 @@ class Attention(nn.Module):
             qf = q.reshape(B, c.n_kv_head, rep, c.head_dim)
             if x.device.type == "cpu" and not torch.is_grad_enabled():
                 # by hand on a CPU: SDPA takes its unfused "math" path for a masked single query
-                # and a whole SmolLM2 decode step at 16 rows took 8 % longer with it (BENCHMARKS.md, "Decode")
+                # and a whole SmolLM2 decode step at 16 rows took 8 % longer with it (BENCHMARKS.md,
+                # "Serving", fourth session)
                 s = torch.matmul(qf, k.transpose(-1, -2)).mul_(c.head_dim**-0.5)
                 if mask is not None:
                     s.masked_fill_(~mask, float("-inf"))
