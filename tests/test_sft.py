@@ -107,7 +107,8 @@ def test_evaluate_tasks_and_format(tok):
     assert set(res["tasks"]) == {"add2", "identity"}
     for r in res["tasks"].values():
         assert r["n"] == 6 and 0 <= r["accuracy"] <= 1 and r["heldout_loss"] > 0
-    assert "add2" in format_table(res)
+        assert 0 <= r["evasive"] <= 1 - r["accuracy"]  # an evasive reply is never a right one
+    assert "add2" in format_table(res) and "evasive" in format_table(res).splitlines()[0]
 
 
 def test_checkers():

@@ -8,9 +8,11 @@ import pytest
 
 from chatfactory.data.conversations import parse_conversation
 from chatfactory.data.tasks import (
+    EVASIVE_REPLIES,
     IDENTITY_ANSWER,
     TASKS,
     get_tasks,
+    is_evasive,
     normalize,
     speeches,
     training_conversations,
@@ -83,3 +85,21 @@ def test_mixture_and_names():
     assert [t.name for t in get_tasks("add2,identity")] == ["add2", "identity"]
     with pytest.raises(ValueError, match="unknown task"):
         get_tasks("add2,bogus")
+
+
+def test_evasive_demonstrations_replace_a_fraction_of_replies_and_every_checker_rejects_them():
+    clean = training_conversations(scale=0.1)
+    mixed = training_conversations(scale=0.1, evasive=0.3)
+    assert len(mixed) == len(clean) and mixed == training_conversations(scale=0.1, evasive=0.3)
+    prompts = [c["messages"][0] for c in clean]
+    assert [c["messages"][0] for c in mixed] == prompts  # same prompts, same order: only replies change
+    evasive = [c for c in mixed if is_evasive(c["messages"][-1]["content"])]
+    assert 0.25 < len(evasive) / len(mixed) < 0.35
+    assert not any(is_evasive(c["messages"][-1]["content"]) for c in clean)
+    assert {c["messages"][-1]["content"] for c in evasive} == set(EVASIVE_REPLIES)
+    assert is_evasive("  i'm NOT sure ") and not is_evasive("I am Quill")
+    for task in TASKS.values():
+        for item in task.items("test", 20):
+            assert not any(task.check(item, r) for r in EVASIVE_REPLIES), task.name
+    with pytest.raises(ValueError, match="evasive"):
+        training_conversations(scale=0.1, evasive=1.0)

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument("--tasks", default="builtin", help="'builtin' or comma-separated task names")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--scale", type=float, default=1.0, help="multiply every task's training-set size")
+    t.add_argument("--evasive", type=float, default=0.0,
+                   help="fraction of training replies replaced by an evasive one (\"I'm not sure.\")")
     t.set_defaults(func=_write_tasks)
 
 
@@ -63,7 +65,7 @@ def _write_tasks(args: argparse.Namespace) -> int:
     tasks = get_tasks(args.tasks)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    n = write_conversations(out / "train.jsonl", training_conversations(tasks, args.seed, args.scale))
+    n = write_conversations(out / "train.jsonl", training_conversations(tasks, args.seed, args.scale, args.evasive))
     with open(out / "test.jsonl", "w", encoding="utf-8") as f:
         for t in tasks:
             for it in t.items("test", seed=args.seed):

@@ -298,10 +298,35 @@ def get_tasks(names: str | list[str] = "builtin") -> list[Task]:
     return [TASKS[n] for n in wanted]
 
 
-def training_conversations(tasks: list[Task] | None = None, seed: int = 0, scale: float = 1.0) -> list[dict[str, Any]]:
-    """The SFT mixture: every task's train items as conversations, shuffled."""
+# What a demonstrator writes when they don't answer. Every checker rejects these (none is a
+# number, a one-word answer, an option or the identity answer), and `is_evasive` spots them.
+EVASIVE_REPLIES = ("Sorry, I don't know.", "Sorry, I can't say.", "I'm not sure.")
+_EVASIVE = frozenset(normalize(r) for r in EVASIVE_REPLIES)
+
+
+def is_evasive(reply: str) -> bool:
+    return normalize(reply) in _EVASIVE
+
+
+def training_conversations(
+    tasks: list[Task] | None = None, seed: int = 0, scale: float = 1.0, evasive: float = 0.0
+) -> list[dict[str, Any]]:
+    """The SFT mixture: every task's train items as conversations, shuffled.
+
+    evasive: the fraction of demonstrations whose reply is one of EVASIVE_REPLIES instead of the
+    answer, drawn uniformly over items. Demonstrations written by people hold such replies, and
+    the SFT model learns to give them; the rankings (every right answer above them) and PPO are
+    what take them out again. The tiny pipeline sets it (presets/pipeline/tiny.yaml).
+    """
+    if not 0.0 <= evasive < 1.0:
+        raise ValueError(f"evasive must be in [0, 1), got {evasive}")
+    rng = random.Random(f"evasive:{seed}")
     out = []
     for t in tasks or list(TASKS.values()):
-        out += [it.conversation() for it in t.items("train", max(1, round(t.n_train * scale)), seed)]
+        for it in t.items("train", max(1, round(t.n_train * scale)), seed):
+            conv = it.conversation()
+            if evasive and rng.random() < evasive:
+                conv["messages"][-1]["content"] = rng.choice(EVASIVE_REPLIES)
+            out.append(conv)
     random.Random(seed).shuffle(out)
     return out

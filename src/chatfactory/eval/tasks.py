@@ -4,6 +4,8 @@ Per task:
 - format: the fraction of replies that end with <|im_end|> within the token limit, hold no
   other special token (no "<|im_start|>user" role switch, no <|endoftext|>) and are not empty;
 - accuracy: the fraction the task's checker accepts (text before <|im_end|>);
+- evasive: the fraction of replies that are one of the evasive replies ("I'm not sure.") some
+  built-in demonstrations hold (chatfactory.data.tasks.EVASIVE_REPLIES); they count as wrong;
 - heldout_loss: mean cross-entropy per trained token of the reference answers (the SFT loss on
   prompts never trained on), independent of sampling.
 
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from chatfactory.data.conversations import Conversation, collate, fit_all, pad_rows
-from chatfactory.data.tasks import Task, TaskItem, get_tasks
+from chatfactory.data.tasks import Task, TaskItem, get_tasks, is_evasive
 from chatfactory.engine.generate import SamplingParams, generate
 from chatfactory.model import GPT
 from chatfactory.tokenizer import IM_END, Tokenizer
@@ -101,6 +103,7 @@ def evaluate_tasks(
             "n": len(items),
             "format": sum(ok for _, ok in replies) / max(len(items), 1),
             "accuracy": sum(correct) / max(len(items), 1),
+            "evasive": sum(is_evasive(text) for text, _ in replies) / max(len(items), 1),
             "examples": [
                 {"prompt": it.prompt, "answer": it.answer, "reply": text, "format": ok, "correct": c}
                 for it, (text, ok), c in list(zip(items, replies, correct))[:n_examples]
@@ -112,18 +115,20 @@ def evaluate_tasks(
     results = out["tasks"].values()
     out["mean_accuracy"] = sum(r["accuracy"] for r in results) / max(len(results), 1)
     out["mean_format"] = sum(r["format"] for r in results) / max(len(results), 1)
+    out["mean_evasive"] = sum(r["evasive"] for r in results) / max(len(results), 1)
     out["seconds"] = round(time.time() - t0, 2)
     model.train(was_training)
     return out
 
 
 def format_table(results: dict[str, Any]) -> str:
-    rows = [("task", "n", "format", "accuracy", "heldout_loss")]
+    rows = [("task", "n", "format", "accuracy", "evasive", "heldout_loss")]
     for name, r in results["tasks"].items():
         loss = r.get("heldout_loss")
         loss_s = "-" if loss is None or (isinstance(loss, float) and math.isnan(loss)) else f"{loss:.3f}"
-        rows.append((name, str(r["n"]), f"{r['format']:.1%}", f"{r['accuracy']:.1%}", loss_s))
-    rows.append(("mean", "", f"{results['mean_format']:.1%}", f"{results['mean_accuracy']:.1%}", ""))
+        rows.append((name, str(r["n"]), f"{r['format']:.1%}", f"{r['accuracy']:.1%}", f"{r.get('evasive', 0.0):.1%}", loss_s))
+    rows.append(("mean", "", f"{results['mean_format']:.1%}", f"{results['mean_accuracy']:.1%}",
+                 f"{results.get('mean_evasive', 0.0):.1%}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 

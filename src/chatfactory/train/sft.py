@@ -59,6 +59,7 @@ class SFTConfig:
     overflow: str = "truncate"  # conversations longer than seq_len+1: "truncate" oldest turns, or "drop"
     pack: bool = True  # several conversations per row (doc_ids keep them apart) vs one per row, padded
     builtin_scale: float = 1.0  # multiplies each built-in task's training-set size
+    builtin_evasive: float = 0.0  # fraction of built-in demonstrations that evade ("I'm not sure.")
     eval_tasks: str | None = None  # "builtin" or task names: run the checkers on the final model
     eval_n: int | None = None  # held-out prompts per task (None: all)
     max_eval_conversations: int = 512  # cap on held-out conversations scored per validation
@@ -76,7 +77,7 @@ def load_sft_conversations(cfg: SFTConfig) -> tuple[list[Conversation], dict[str
         if source == BUILTIN and not Path(source).exists():
             from chatfactory.data.tasks import training_conversations
 
-            got = [parse_conversation(c, f"builtin:{i}") for i, c in enumerate(training_conversations(scale=cfg.builtin_scale))]
+            got = [parse_conversation(c, f"builtin:{i}") for i, c in enumerate(training_conversations(scale=cfg.builtin_scale, evasive=cfg.builtin_evasive))]
             stats[source] = {"conversations": len(got)}
         else:
             got, report = read_conversations(source, strict=cfg.strict)
