@@ -163,6 +163,27 @@ def test_resume_reproduces_the_next_step_exactly(tmp_path):
         assert last_a[key] == last_b[key], key
 
 
+def test_max_update_kl_stops_a_steps_updates_once_the_policy_has_moved_that_far(tmp_path):
+    from chatfactory.train.ppo import train_ppo
+
+    sft, rm = _tiny_models(tmp_path)
+    full = 2 * (4 // 2)  # ppo_epochs x minibatches per epoch
+
+    def updates(out, limit):
+        cfg = _config(sft, rm, 2, tmp_path / out)
+        cfg.train.lr, cfg.max_update_kl = 3e-2, limit  # a large step: the policy moves at the first update
+        train_ppo(cfg)
+        recs = [json.loads(x) for x in (tmp_path / out / "metrics.jsonl").read_text().splitlines()]
+        return [r for r in recs if "updates" in r]
+
+    free = updates("free", None)
+    assert [r["updates"] for r in free] == [full, full] and max(r["approx_kl"] for r in free) > 1e-4
+    # the first minibatch is scored under the rollout policy itself (approx-KL ~0), so at least
+    # one update always happens; the next minibatch sees the moved policy and stops the step
+    capped = updates("capped", 1e-6)
+    assert all(1 <= r["updates"] < full for r in capped)
+
+
 def test_rlhf_evaluation_of_a_model_against_itself_is_a_draw(tmp_path):
     from chatfactory.eval.rlhf import compare, format_report
     from chatfactory.loader import load

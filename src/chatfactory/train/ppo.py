@@ -69,6 +69,10 @@ class PPOConfig:
     rollout_batch: int = 32  # prompts per PPO step (per process)
     minibatch_size: int = 8  # rollouts per optimizer step
     ppo_epochs: int = 4  # passes over each step's rollouts
+    # Early stop inside a step (as Stable-Baselines3's target_kl): once a minibatch's approx-KL to
+    # the rollout policy (k3, mean over processes) exceeds this, the step's remaining minibatch
+    # updates are skipped. None = off (the tiny preset's updates stay near 0.01).
+    max_update_kl: float | None = None
     max_new_tokens: int = 32
     temperature: float = 1.0  # sampling temperature; log-probs use it too
     clip: float = 0.2  # policy ratio clip
@@ -344,9 +348,11 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
             lr = tcfg.lr * lr_multiplier(tcfg, step, trainer.progress())
             stats = {k: _global_mean(v, world, trainer.device) for k, v in stats.items()}
             agg: dict[str, float] = {}
-            n_updates = 0
+            n_updates, too_far = 0, False
             rng = random.Random(f"{tcfg.seed}:{step}:{rank}")
             for _epoch in range(cfg.ppo_epochs):
+                if too_far:
+                    break
                 order = list(range(cfg.rollout_batch))
                 rng.shuffle(order)
                 for s in range(0, len(order) - cfg.minibatch_size + 1, cfg.minibatch_size):
@@ -362,13 +368,17 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
                     for k, v in res.items():
                         if k != "grad_norm" and v is not None:
                             agg[k] = agg.get(k, 0.0) + float(v)
+                    if cfg.max_update_kl is not None:  # every process takes this branch: same decision
+                        if _global_mean(float(res["approx_kl"]), world, trainer.device) > cfg.max_update_kl:
+                            too_far = True
+                            break
             kl.update(stats["kl"], cfg.rollout_batch * world)
             trainer.step += 1
             trainer.tokens += int(stats["response_length"] * cfg.rollout_batch * world)  # generated tokens
             step_time = time.perf_counter() - t0
             trainer.train_time += step_time
             rec = {"step": trainer.step, **stats, **{k: v / max(n_updates, 1) for k, v in agg.items()},
-                   "kl_coef": kl.beta, "lr": lr, "step_seconds": round(step_time, 2)}
+                   "updates": n_updates, "kl_coef": kl.beta, "lr": lr, "step_seconds": round(step_time, 2)}
             trainer._log(rec)
             if tcfg.progress and trainer.dist.is_main:
                 print(_line(rec), flush=True)
@@ -402,7 +412,7 @@ def _global_mean(v: float, world: int, device) -> float:
 
 
 def _line(rec: dict) -> str:
-    keys = ("step", "reward", "checker", "kl", "kl_coef", "entropy", "clip_frac", "approx_kl", "value_loss",
+    keys = ("step", "reward", "checker", "kl", "kl_coef", "entropy", "clip_frac", "approx_kl", "updates", "value_loss",
             "explained_variance", "response_length", "step_seconds")
     return "  ".join(f"{k}={rec[k]:.4g}" if isinstance(rec[k], float) else f"{k}={rec[k]}" for k in keys if k in rec)
 
@@ -418,6 +428,7 @@ FLAGS = {
     "--kl-target": ("kl_target", "adaptive KL: target nats per answer"),
     "--rollout-batch": ("rollout_batch", "prompts per PPO step"),
     "--ppo-epochs": ("ppo_epochs", "passes over each step's rollouts"),
+    "--max-update-kl": ("max_update_kl", "skip a step's remaining updates once approx-KL exceeds this"),
     "--max-new-tokens": ("max_new_tokens", "answer length limit"),
     "--ptx-coef": ("ptx_coef", "PPO-ptx language-model loss weight"),
     "--ema": ("ema", "EMA decay of the policy"),
