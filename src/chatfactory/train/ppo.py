@@ -368,10 +368,12 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
                     for k, v in res.items():
                         if k != "grad_norm" and v is not None:
                             agg[k] = agg.get(k, 0.0) + float(v)
-                    if cfg.max_update_kl is not None:  # every process takes this branch: same decision
-                        if _global_mean(float(res["approx_kl"]), world, trainer.device) > cfg.max_update_kl:
-                            too_far = True
-                            break
+                    # every process evaluates this (a collective under DDP), so all stop together
+                    if cfg.max_update_kl is not None and (
+                        _global_mean(float(res["approx_kl"]), world, trainer.device) > cfg.max_update_kl
+                    ):
+                        too_far = True
+                        break
             kl.update(stats["kl"], cfg.rollout_batch * world)
             trainer.step += 1
             trainer.tokens += int(stats["response_length"] * cfg.rollout_batch * world)  # generated tokens
