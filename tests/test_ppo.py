@@ -139,7 +139,7 @@ def test_a_ppo_update_reduces_the_loss_on_a_fixed_batch(tmp_path):
         loss.backward()
         opt.step()
     after, _ = loss_fn(ac, batch)
-    assert float(after) < float(before) - 1e-3
+    assert float(after.detach()) < float(before.detach()) - 1e-3
 
 
 def test_resume_reproduces_the_next_step_exactly(tmp_path):
