@@ -316,7 +316,8 @@ def training_conversations(
     evasive: the fraction of demonstrations whose reply is one of EVASIVE_REPLIES instead of the
     answer, drawn uniformly over items. Demonstrations written by people hold such replies, and
     the SFT model learns to give them; the rankings (every right answer above them) and PPO are
-    what take them out again. The tiny pipeline sets it (presets/pipeline/tiny.yaml).
+    what take them out again. Off in every preset: an experiment knob (`--set
+    sft.builtin_evasive=0.4`; BENCHMARKS.md, "Evasive demonstrations").
     """
     if not 0.0 <= evasive < 1.0:
         raise ValueError(f"evasive must be in [0, 1), got {evasive}")

@@ -71,7 +71,7 @@ class PPOConfig:
     ppo_epochs: int = 4  # passes over each step's rollouts
     # Early stop inside a step (as Stable-Baselines3's target_kl): once a minibatch's approx-KL to
     # the rollout policy (k3, mean over processes) exceeds this, the step's remaining minibatch
-    # updates are skipped. None = off (the tiny preset's updates stay near 0.01).
+    # updates are skipped. None = off (the tiny preset's per-step approx-KL stays below ~0.03).
     max_update_kl: float | None = None
     max_new_tokens: int = 32
     temperature: float = 1.0  # sampling temperature; log-probs use it too
