@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from chatfactory.model import GPT, KVCache
 
+SLACK = 256  # at most this many more free columns than asked for, on a fresh merge
+
 
 def merge(model: GPT, a: KVCache | None, b: KVCache, room: int, rows: int = 0) -> KVCache:
     """Rows of `a` then rows of `b` in one cache, both ending at the same column, with `room`
@@ -56,8 +58,6 @@ def merge(model: GPT, a: KVCache | None, b: KVCache, room: int, rows: int = 0) -
     _place(out, rows_a, pos, b)
     return out
 
-
-SLACK = 256  # at most this many more free columns than asked for, on a fresh merge
 
 
 def _place(out: KVCache, r0: int, pos: int, src: KVCache) -> None:

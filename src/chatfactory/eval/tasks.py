@@ -126,9 +126,9 @@ def format_table(results: dict[str, Any]) -> str:
     for name, r in results["tasks"].items():
         loss = r.get("heldout_loss")
         loss_s = "-" if loss is None or (isinstance(loss, float) and math.isnan(loss)) else f"{loss:.3f}"
-        rows.append((name, str(r["n"]), f"{r['format']:.1%}", f"{r['accuracy']:.1%}", f"{r.get('evasive', 0.0):.1%}", loss_s))
+        rows.append((name, str(r["n"]), f"{r['format']:.1%}", f"{r['accuracy']:.1%}", f"{r['evasive']:.1%}", loss_s))
     rows.append(("mean", "", f"{results['mean_format']:.1%}", f"{results['mean_accuracy']:.1%}",
-                 f"{results.get('mean_evasive', 0.0):.1%}", ""))
+                 f"{results['mean_evasive']:.1%}", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 

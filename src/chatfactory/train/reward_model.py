@@ -182,11 +182,11 @@ def pairwise_accuracy(model: ScalarHeadModel, items: list[EncodedComparison], pa
     model.eval()
     correct = total = 0.0
     losses = []
+    dev = model.head.weight.device
     for s in range(0, len(items), batch_size):
         b = collate_comparisons(items[s : s + batch_size], pad_id)
         if len(b["pairs"]) == 0:
             continue
-        dev = model.head.weight.device
         b = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
         r = model(b["input_ids"], b["attention_mask"])
         d = r[b["pairs"][:, 0]] - r[b["pairs"][:, 1]]
