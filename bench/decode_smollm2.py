@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from chatfactory.engine.generate import SamplingParams, generate
-from chatfactory.loader import load
-from chatfactory.model.hf import export_hf_folder
+from engine.training.sampler.generate import SamplingParams, generate
+from engine.training.loader import load
+from engine.training.model.hf import export_hf_folder
 
 PROMPT = "<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n"
 

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from chatfactory.moderation import Moderator
-from chatfactory.moderation.datasets import load_records
-from chatfactory.moderation.evaluate import evaluate
-from chatfactory.paths import shared_data_dir
+from engine.moderation import Moderator
+from engine.moderation.datasets import load_records
+from engine.moderation.evaluate import evaluate
+from engine.paths import shared_data_dir
 
 
 def policy(tmp: Path, name: str, layers: str) -> Path:
@@ -71,8 +71,8 @@ def main() -> int:
             tmp, "minilm", "  - type: rules\n  - type: classifier\n    head: minilm\n    weight: 0.5"
         )
     if args.train_toxicchat:
-        from chatfactory.moderation.head import train_head
-        from chatfactory.moderation.seed import seed_records
+        from engine.moderation.head import train_head
+        from engine.moderation.seed import seed_records
 
         train = load_records(root / "toxicchat/toxicchat-train.json") + seed_records()
         for enc in ["static"] + (["minilm"] if args.minilm else []):

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chatfactory.data.corpus import Document
-from chatfactory.data.shards import RandomWindows, ShardSet, TokenSplit, token_byte_lengths, write_shards
-from chatfactory.tokenizer import Tokenizer
-from chatfactory.train.config import load_config
-from chatfactory.train.pretrain import PretrainConfig, build_model, evaluate_bpb
-from chatfactory.train.trainer import Trainer
+from engine.training.data.corpus import Document
+from engine.training.data.shards import RandomWindows, ShardSet, TokenSplit, token_byte_lengths, write_shards
+from engine.training.tokenizer import Tokenizer
+from engine.training.train.config import load_config
+from engine.training.train.pretrain import PretrainConfig, build_model, evaluate_bpb
+from engine.training.train.trainer import Trainer
 
 
 def main() -> int:

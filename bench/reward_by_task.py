@@ -15,8 +15,8 @@ import json
 
 import torch
 
-from chatfactory.data.preferences import read_preferences, split_held_out
-from chatfactory.train.reward_model import encode_comparison, load_reward_model, pairwise_accuracy
+from engine.training.data.preferences import read_preferences, split_held_out
+from engine.training.train.reward_model import encode_comparison, load_reward_model, pairwise_accuracy
 
 
 def main() -> int:

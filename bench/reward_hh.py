@@ -5,7 +5,7 @@
 
 Reads helpful-online-test + helpful-rejection-sampled-test (.jsonl.gz, straight from
 ../shared/data/hh-rlhf), holds out a fixed share of the prompts, trains the reward stage
-(`chatfactory.train.reward`) on a subset for one epoch and reports the held-out pairwise
+(`engine.training.train.reward`) on a subset for one epoch and reports the held-out pairwise
 accuracy, the "pick the shorter reply" baseline on the same pairs, and the training time per
 1,000 pairs. Published: shorter reply 55.3% (harmless-base), OpenAssistant deberta-v3-large
 69.25%, InstructGPT's 6B RM 72.4%. About 60% with a big model usually means a padding or
@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from chatfactory.data.preferences import read_preferences, split_held_out, write_preferences
-from chatfactory.paths import shared_data_dir
+from engine.training.data.preferences import read_preferences, split_held_out, write_preferences
+from engine.paths import shared_data_dir
 
 FILES = ("helpful-online-test.jsonl.gz", "helpful-rejection-sampled-test.jsonl.gz")
 
@@ -62,7 +62,7 @@ def main() -> int:
     shorter = sum(len(c.responses[0]) < len(c.responses[1]) + 0.5 * (len(c.responses[0]) == len(c.responses[1]))
                   for c in held) / len(held)
 
-    from chatfactory.train.reward import RewardConfig, train_reward_model
+    from engine.training.train.reward import RewardConfig, train_reward_model
 
     out = Path(args.out or tempfile.mkdtemp(prefix="reward_hh_"))
     write_preferences(out / "train.jsonl", train)

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from chatfactory.data.conversations import Conversation, collate, fit_all, pack, pad_rows
-from chatfactory.data.tasks import training_conversations
+from engine.training.data.conversations import Conversation, collate, fit_all, pack, pad_rows
+from engine.training.data.tasks import training_conversations
 
 
 def main() -> None:
@@ -28,14 +28,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.model:
-        from chatfactory.loader import load
+        from engine.training.loader import load
 
         loaded = load(args.model)
         model, tok = loaded.model, loaded.tokenizer
     else:
-        from chatfactory.data.corpus import shakespeare_documents
-        from chatfactory.model import GPT, ModelConfig
-        from chatfactory.tokenizer import Tokenizer
+        from engine.training.data.corpus import shakespeare_documents
+        from engine.training.model import GPT, ModelConfig
+        from engine.training.tokenizer import Tokenizer
 
         tok = Tokenizer.train((d.text for d in shakespeare_documents()), vocab_size=2048)
         model = GPT(ModelConfig(vocab_size=tok.vocab_size, d_model=128, n_layer=4, n_head=4, max_seq_len=args.seq_len))

@@ -1,4 +1,4 @@
-"""The CPU decode fast path of chatfactory.model.gpt.Linear: W @ x^T against nn.Linear's x @ W^T.
+"""The CPU decode fast path of engine.training.model.gpt.Linear: W @ x^T against nn.Linear's x @ W^T.
 
 Part 1 times each matrix shape of SmolLM2-135M at 1, 4, 16 and 64 rows (the rows a decode step
 feeds each layer: one per sequence in the batch). Part 2 times whole engine decode steps with
@@ -38,10 +38,10 @@ def shapes(d: int, kv: int, ff: int, vocab: int) -> None:
 
 
 def decode_steps(model: str, rounds: int) -> None:
-    from chatfactory.engine import SamplingParams
-    from chatfactory.engine.scheduler import Engine
-    from chatfactory.loader import load
-    from chatfactory.model import gpt
+    from engine.training.sampler import SamplingParams
+    from engine.training.sampler.scheduler import Engine
+    from engine.training.loader import load
+    from engine.training.model import gpt
 
     loaded = load(model)
     fast = gpt.Linear.forward

@@ -23,11 +23,11 @@ import time
 import numpy as np
 import torch
 
-from chatfactory.model import GPT
-from chatfactory.train.config import load_config
-from chatfactory.train.flops import measure_matmul_peak, peak_flops
-from chatfactory.train.pretrain import PretrainConfig
-from chatfactory.train.trainer import Trainer
+from engine.training.model import GPT
+from engine.training.train.config import load_config
+from engine.training.train.flops import measure_matmul_peak, peak_flops
+from engine.training.train.pretrain import PretrainConfig
+from engine.training.train.trainer import Trainer
 
 
 class RandomTokens:

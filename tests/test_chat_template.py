@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from chatfactory.tokenizer import IM_END, IM_START, Tokenizer
-from chatfactory.tokenizer.chat_template import (
+from engine.training.tokenizer import IM_END, IM_START, Tokenizer
+from engine.training.tokenizer.chat_template import (
     JINJA_CHAT_TEMPLATE,
     JINJA_CHAT_TEMPLATE_WITH_MASK,
     SMOLLM2_DEFAULT_SYSTEM,
@@ -15,7 +15,7 @@ from chatfactory.tokenizer.chat_template import (
     render_prompt,
     render_text,
 )
-from chatfactory.tokenizer.files import save_tokenizer_files
+from engine.training.tokenizer.files import save_tokenizer_files
 
 TEXT = (
     "Who are you? I am a small assistant.\nWhat is 12 + 30? It is 42.\n\n"
@@ -118,9 +118,9 @@ def test_transformers_parity_ids_and_assistant_mask(tok, tmp_path):
 
 def _smollm2_gguf():
     try:
-        from chatfactory.model import pretrained
+        from engine.models import bundled as pretrained
     except ImportError:
-        pytest.skip("chatfactory.model.pretrained is not available")
+        pytest.skip("engine.models.bundled is not available")
     try:
         return pretrained.ensure("smollm2-135m-instruct")
     except Exception as e:  # noqa: BLE001 - no network / no cached copy: nothing to compare against
@@ -133,7 +133,7 @@ def test_smollm2_template_parity(tmp_path):
     message, and with `default_system` when none is given (its template inserts one)."""
     import gguf
 
-    from chatfactory.tokenizer.gguf import read_field, tokenizer_from_gguf
+    from engine.training.tokenizer.gguf import read_field, tokenizer_from_gguf
 
     path = _smollm2_gguf()
     path = next(path.glob("*.gguf")) if path.is_dir() else path

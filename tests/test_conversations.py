@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from chatfactory.data.conversations import (
+from engine.training.data.conversations import (
     Conversation,
     ConversationError,
     batches,
@@ -22,9 +22,9 @@ from chatfactory.data.conversations import (
     split,
     write_conversations,
 )
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.tokenizer import IM_START, Tokenizer
-from chatfactory.tokenizer.chat_template import render
+from engine.training.model import GPT, ModelConfig
+from engine.training.tokenizer import IM_START, Tokenizer
+from engine.training.tokenizer.chat_template import render
 
 TEXT = "Hello there, who are you? I am a small assistant. What is 12 + 30? It is 42. To be or not to be.\n"
 

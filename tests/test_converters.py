@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from chatfactory.cli import main
-from chatfactory.data.conversations import read_conversations
-from chatfactory.data.converters import hh_conversations, oasst_conversations
-from chatfactory.paths import shared_data_dir
+from engine.cli import main
+from engine.training.data.conversations import read_conversations
+from engine.training.data.converters import hh_conversations, oasst_conversations
+from engine.paths import shared_data_dir
 
 
 def _msg(mid, parent, role, text, rank=None, **kw):

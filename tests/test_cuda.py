@@ -16,11 +16,11 @@ import pytest
 import torch
 from tiny_chat_model import tiny_loaded
 
-from chatfactory.engine import SamplingParams, generate
-from chatfactory.engine.scheduler import Engine
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.train.config import TrainConfig
-from chatfactory.train.trainer import Trainer
+from engine.training.sampler import SamplingParams, generate
+from engine.training.sampler.scheduler import Engine
+from engine.training.model import GPT, ModelConfig
+from engine.training.train.config import TrainConfig
+from engine.training.train.trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -89,7 +89,7 @@ def test_bf16_autocast_training_learns_on_cuda(tmp_path):
     assert len(got) == 40 and all(np.isfinite(got))
     assert got[-1] < 0.5 * got[0], got
     # the saved checkpoint is fp32 and loads on the CPU
-    from chatfactory.model.checkpoint import load_model_folder
+    from engine.training.model.checkpoint import load_model_folder
 
     ckpts = sorted((tmp_path / "checkpoints").iterdir())
     model = load_model_folder(ckpts[-1])
@@ -142,7 +142,7 @@ def test_ddp_with_nccl_matches_one_process(tmp_path):
     script.write_text(
         f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_cuda import Repeat, tiny, train_cfg, SEQ\n"
-        "from chatfactory.train.trainer import Trainer\n"
+        "from engine.training.train.trainer import Trainer\n"
         f"t = Trainer(tiny(), train_cfg(max_steps=3, precision='fp32', micro_batch_size=4, batch_tokens=8 * SEQ), "
         f"{str(tmp_path / 'multi')!r}, batches=Repeat(4))\n"
         "assert t.dist.world_size == 2 and t.device.type == 'cuda'\n"
@@ -161,7 +161,7 @@ def test_reward_stage_and_ppo_run_on_cuda(tmp_path):
     from test_ppo import _config, _tiny_models
     from test_reward import test_reward_stage_learns_a_ranking_then_normalises_and_saves as reward_stage
 
-    from chatfactory.train.ppo import train_ppo
+    from engine.training.train.ppo import train_ppo
 
     reward_stage(tmp_path / "rm")  # train_reward_model with train.device auto = cuda, held-out accuracy >= 0.9
     sft, rm = _tiny_models(tmp_path / "ppo")

@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from chatfactory.data.corpus import Document, load_documents, shakespeare_plays, split_documents
-from chatfactory.data.shards import (
+from engine.training.data.corpus import Document, load_documents, shakespeare_plays, split_documents
+from engine.training.data.shards import (
     RandomWindows,
     ShardSet,
     check_tokenizer,
@@ -19,7 +19,7 @@ from chatfactory.data.shards import (
     token_dtype,
     write_shards,
 )
-from chatfactory.tokenizer import Tokenizer
+from engine.training.tokenizer import Tokenizer
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from chatfactory.model import GPT
-from chatfactory.model.config import ModelConfig
-from chatfactory.model.gguf_import import SUPPORTED_TYPES, load_gguf
-from chatfactory.tokenizer import Tokenizer
-from chatfactory.tokenizer.gguf import tokenizer_from_gguf
+from engine.training.model import GPT
+from engine.training.model.config import ModelConfig
+from engine.training.model.gguf_import import SUPPORTED_TYPES, load_gguf
+from engine.training.tokenizer import Tokenizer
+from engine.training.tokenizer.gguf import tokenizer_from_gguf
 
 Q = gguf.GGMLQuantizationType
 TEXTS = [

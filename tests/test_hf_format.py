@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from chatfactory.model import GPT
-from chatfactory.model.config import ModelConfig
-from chatfactory.model.hf import export_hf_folder, load_hf_folder
-from chatfactory.tokenizer import Tokenizer
+from engine.training.model import GPT
+from engine.training.model.config import ModelConfig
+from engine.training.model.hf import export_hf_folder, load_hf_folder
+from engine.training.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
 

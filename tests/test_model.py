@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.model.checkpoint import load_model_folder, save_model
+from engine.training.model import GPT, ModelConfig
+from engine.training.model.checkpoint import load_model_folder, save_model
 
 FAMILIES = {
     "gpt2": {"family": "gpt2"},

@@ -10,11 +10,11 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
-from chatfactory.moderation import CATEGORIES, ModerationResult, Moderator, validate_openai_result
-from chatfactory.moderation.evaluate import average_precision, binary_metrics
-from chatfactory.moderation.moderator import Policy
-from chatfactory.moderation.normalize import compile_rule, normalize
-from chatfactory.paths import shared_data_dir
+from engine.moderation import CATEGORIES, ModerationResult, Moderator, validate_openai_result
+from engine.moderation.evaluate import average_precision, binary_metrics
+from engine.moderation.moderator import Policy
+from engine.moderation.normalize import compile_rule, normalize
+from engine.paths import shared_data_dir
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_moderation_result_requires_all_categories():
 
 
 def test_cli_check_eval_train(tmp_path, capsys):
-    from chatfactory.cli import main
+    from engine.cli import main
 
     assert main(["moderation", "check", "what a lovely day"]) == 0
     validate_openai_result(json.loads(capsys.readouterr().out))
@@ -343,8 +343,8 @@ def _shared(rel):
 
 
 def test_toxicchat_sample_beats_profanity_baseline(mod):
-    from chatfactory.moderation.datasets import load_records
-    from chatfactory.moderation.evaluate import evaluate
+    from engine.moderation.datasets import load_records
+    from engine.moderation.evaluate import evaluate
 
     recs = load_records(_shared("toxicchat/toxicchat-test.json"))
     rep = evaluate(mod, recs[:600])
@@ -354,15 +354,15 @@ def test_toxicchat_sample_beats_profanity_baseline(mod):
 
 @pytest.mark.slow
 def test_toxicchat_full_test_reaches_target(mod):
-    from chatfactory.moderation.datasets import load_records
-    from chatfactory.moderation.evaluate import evaluate
+    from engine.moderation.datasets import load_records
+    from engine.moderation.evaluate import evaluate
 
     rep = evaluate(mod, load_records(_shared("toxicchat/toxicchat-test.json")))
     assert rep["any"]["auprc"] >= 0.63, rep["any"]
 
 
 def test_dices_loads_as_output_side_records():
-    from chatfactory.moderation.datasets import load_records
+    from engine.moderation.datasets import load_records
 
     recs = load_records(_shared("dices/dices-990.json"))
     assert len(recs) > 900 and all(r["prompt"] for r in recs)
@@ -382,7 +382,7 @@ def test_jailbreak_signal_routing(tmp_path):
 
 
 def test_external_endpoint_with_wrong_result_count_fails_closed(tmp_path):
-    from chatfactory.moderation.layers import ExternalLayer
+    from engine.moderation.layers import ExternalLayer
 
     class Short(ExternalLayer):
         def score_batch(self, texts):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from chatfactory.pipeline import load_pipeline_config, run_pipeline
+from engine.training.pipeline import load_pipeline_config, run_pipeline
 
 MICRO = [
     "tasks=add2",

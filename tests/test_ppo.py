@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chatfactory.train.rl_math import (
+from engine.training.train.rl_math import (
     KLController,
     entropy,
     gae,
@@ -86,10 +86,10 @@ def test_whiten_and_adaptive_kl_controller():
 # ---- the stage on tiny models ------------------------------------------------------------------------
 def _tiny_models(tmp_path):
     """A tiny 'SFT' model and a reward model built from it, saved as folders."""
-    from chatfactory.model import GPT, ModelConfig
-    from chatfactory.model.checkpoint import save_model
-    from chatfactory.tokenizer import Tokenizer
-    from chatfactory.train.reward_model import RewardModel, save_reward_model
+    from engine.training.model import GPT, ModelConfig
+    from engine.training.model.checkpoint import save_model
+    from engine.training.tokenizer import Tokenizer
+    from engine.training.train.reward_model import RewardModel, save_reward_model
 
     tok = Tokenizer.train(["What is 12 + 34? 46. What is 50 + 17? 67. " * 20], vocab_size=300)
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def _tiny_models(tmp_path):
 
 
 def _config(sft, rm, steps, out):
-    from chatfactory.train.ppo import PPOConfig
+    from engine.training.train.ppo import PPOConfig
 
     cfg = PPOConfig()
     p, t = cfg, cfg.train
@@ -118,12 +118,12 @@ def _config(sft, rm, steps, out):
 
 
 def test_a_ppo_update_reduces_the_loss_on_a_fixed_batch(tmp_path):
-    from chatfactory.train.ppo import ActorCritic, build_models, load_prompts, ppo_loss
+    from engine.training.train.ppo import ActorCritic, build_models, load_prompts, ppo_loss
 
     sft, rm_path = _tiny_models(tmp_path)
     cfg = _config(sft, rm_path, 1, tmp_path / "x")
     actor, tok, ref, rm, critic = build_models(cfg)
-    from chatfactory.train.ppo import make_rollouts
+    from engine.training.train.ppo import make_rollouts
 
     ac = ActorCritic(actor, critic)
     prompts = load_prompts(cfg, 0)[:4]
@@ -145,7 +145,7 @@ def test_a_ppo_update_reduces_the_loss_on_a_fixed_batch(tmp_path):
 def test_resume_reproduces_the_next_step_exactly(tmp_path):
     from safetensors.torch import load_file
 
-    from chatfactory.train.ppo import train_ppo
+    from engine.training.train.ppo import train_ppo
 
     sft, rm = _tiny_models(tmp_path)
     straight = train_ppo(_config(sft, rm, 2, tmp_path / "a"))
@@ -164,7 +164,7 @@ def test_resume_reproduces_the_next_step_exactly(tmp_path):
 
 
 def test_max_update_kl_stops_a_steps_updates_once_the_policy_has_moved_that_far(tmp_path):
-    from chatfactory.train.ppo import train_ppo
+    from engine.training.train.ppo import train_ppo
 
     sft, rm = _tiny_models(tmp_path)
     full = 2 * (4 // 2)  # ppo_epochs x minibatches per epoch
@@ -185,10 +185,10 @@ def test_max_update_kl_stops_a_steps_updates_once_the_policy_has_moved_that_far(
 
 
 def test_rlhf_evaluation_of_a_model_against_itself_is_a_draw(tmp_path):
-    from chatfactory.eval.rlhf import compare, format_report
-    from chatfactory.loader import load
-    from chatfactory.train.reward_model import load_reward_model
-    from chatfactory.train.sample import task_prompts
+    from engine.training.eval.rlhf import compare, format_report
+    from engine.training.loader import load
+    from engine.training.train.reward_model import load_reward_model
+    from engine.training.train.sample import task_prompts
 
     sft, rm_path = _tiny_models(tmp_path)
     model, tok = load(sft).model, load(sft).tokenizer

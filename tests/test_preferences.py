@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from chatfactory.data.preferences import (
+from engine.training.data.preferences import (
     Comparison,
     parse_ranking,
     parse_record,
@@ -14,7 +14,7 @@ from chatfactory.data.preferences import (
     split_held_out,
     write_preferences,
 )
-from chatfactory.paths import shared_data_dir
+from engine.paths import shared_data_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,8 +116,8 @@ def test_real_hh_rlhf_file_reads_directly_from_gzip():
 
 # ---- sampling K answers and the scripted labeller ----------------------------------------------
 def test_builtin_labeller_ranks_by_checker_then_clean_end():
-    from chatfactory.data.tasks import TASKS
-    from chatfactory.train.labeller import item_record, rank_builtin
+    from engine.training.data.tasks import TASKS
+    from engine.training.train.labeller import item_record, rank_builtin
 
     item = TASKS["add2"].items("train", 1)[0]
     right, wrong = item.answer, str(int(item.answer) + 1)
@@ -138,7 +138,7 @@ def test_builtin_labeller_ranks_by_checker_then_clean_end():
 
 
 def test_labeller_rejects_prompts_without_a_task():
-    from chatfactory.train.labeller import rank_builtin
+    from engine.training.train.labeller import rank_builtin
 
     with pytest.raises(ValueError, match="f.jsonl:2: the builtin labeller needs"):
         rank_builtin(Comparison([{"role": "user", "content": "hi"}], ["a"], None, {}, "f.jsonl:2"))
@@ -146,10 +146,10 @@ def test_labeller_rejects_prompts_without_a_task():
 
 def test_sample_writes_k_answers_then_rank_cli(tmp_path):
 
-    from chatfactory.cli import main
-    from chatfactory.model import GPT, ModelConfig
-    from chatfactory.model.checkpoint import save_model
-    from chatfactory.tokenizer import Tokenizer
+    from engine.cli import main
+    from engine.training.model import GPT, ModelConfig
+    from engine.training.model.checkpoint import save_model
+    from engine.training.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["What is 12 + 34? 46. Who are you? " * 30], vocab_size=300)
     torch.manual_seed(0)

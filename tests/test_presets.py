@@ -5,17 +5,17 @@ import json
 
 import pytest
 
-from chatfactory.pipeline import available, load_pipeline_config, run_pipeline
-from chatfactory.runner import StageContext
-from chatfactory.train.config import from_dict
+from engine.training.pipeline import available, load_pipeline_config, run_pipeline
+from engine.training.runner import StageContext
+from engine.training.train.config import from_dict
 
 
 def stage_configs(preset):
-    from chatfactory.pipeline import _section
-    from chatfactory.train.ppo import PPOConfig
-    from chatfactory.train.pretrain import PretrainConfig
-    from chatfactory.train.reward import RewardConfig
-    from chatfactory.train.sft import SFTConfig
+    from engine.training.pipeline import _section
+    from engine.training.train.ppo import PPOConfig
+    from engine.training.train.pretrain import PretrainConfig
+    from engine.training.train.reward import RewardConfig
+    from engine.training.train.sft import SFTConfig
 
     cfg = load_pipeline_config(preset)
     out = {}

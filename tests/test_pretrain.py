@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from chatfactory.cli import main
-from chatfactory.data.shards import ShardSet
-from chatfactory.loader import load
-from chatfactory.paths import shared_data_dir
+from engine.cli import main
+from engine.training.data.shards import ShardSet
+from engine.training.loader import load
+from engine.paths import shared_data_dir
 
 SMALL = [
     "--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",

@@ -10,16 +10,15 @@ from itertools import pairwise
 import pytest
 import torch
 
-from chatfactory.cli import main
-from chatfactory.model import pretrained
-from chatfactory.model.pretrained import REGISTRY, DownloadError, ensure, extract_verified, fetch_wheel
+from engine.models import bundled as pretrained
+from engine.models.bundled import REGISTRY, DownloadError, ensure, extract_verified, fetch_wheel
 
 PAYLOAD = b"GGUF pretend model bytes " * 1000
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CHATFACTORY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CHATFACTORY_BUNDLED_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -94,14 +93,6 @@ def test_pip_failure_is_a_clear_error(tmp_path, tiny_spec, monkeypatch):
         fetch_wheel(tiny_spec, tmp_path)
 
 
-def test_models_list_and_unknown_name(cache, capsys):
-    assert main(["models", "list"]) == 0
-    out = capsys.readouterr().out
-    assert "smollm2-135m-instruct" in out and "not downloaded" in out
-    assert main(["models", "pull", "no-such-model"]) == 1
-    assert "unknown model 'no-such-model'" in capsys.readouterr().err
-
-
 # ---- the real SmolLM2 file (~98 MB from PyPI, cached in the user's cache folder) ------------------
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
@@ -114,7 +105,7 @@ def smollm2():
 
 @pytest.fixture(scope="module")
 def ours(smollm2):
-    from chatfactory.model.gguf_import import load_gguf
+    from engine.training.model.gguf_import import load_gguf
 
     model, tok = load_gguf(smollm2)
     return model.eval(), tok
@@ -132,7 +123,7 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2, ours):
     with torch.no_grad():
         assert (model(ids) - ref.eval()(ids).logits).abs().max().item() <= 1e-3
     # and it answers
-    from chatfactory.engine.generate import SamplingParams, generate
+    from engine.training.sampler.generate import SamplingParams, generate
 
     out = generate(
         model, ids.tolist(), SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(tok.eos_id,))

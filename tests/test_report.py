@@ -2,7 +2,7 @@
 
 import json
 
-from chatfactory.eval.report import plot_lines, read_jsonl, series, write_report
+from engine.training.eval.report import plot_lines, read_jsonl, series, write_report
 
 
 def test_report_files(tmp_path):

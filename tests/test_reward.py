@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.train.reward_model import (
+from engine.training.model import GPT, ModelConfig
+from engine.training.train.reward_model import (
     EncodedComparison,
     RewardModel,
     collate_comparisons,
@@ -93,8 +93,8 @@ def test_encode_answer_keeps_response_end_and_prompt_tail():
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    from chatfactory.loader import load
-    from chatfactory.tokenizer import Tokenizer
+    from engine.training.loader import load
+    from engine.training.tokenizer import Tokenizer
 
     tok = Tokenizer.train(["hello world " * 20, "answer the question"], vocab_size=300)
     torch.manual_seed(0)
@@ -119,8 +119,8 @@ def test_pairs_collation_covers_all_k_choose_2():
 
 
 def _tiny_backbone(tmp_path, words):
-    from chatfactory.model.checkpoint import save_model
-    from chatfactory.tokenizer import Tokenizer
+    from engine.training.model.checkpoint import save_model
+    from engine.training.tokenizer import Tokenizer
 
     tok = Tokenizer.train([" ".join(words) * 20], vocab_size=300)
     torch.manual_seed(0)
@@ -133,7 +133,7 @@ def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
     import json
     import random
 
-    from chatfactory.train.reward import RewardConfig, train_reward_model
+    from engine.training.train.reward import RewardConfig, train_reward_model
 
     answers = ["great answer", "fine answer", "awful answer"]  # best to worst
     sft = _tiny_backbone(tmp_path, [*answers, "question"])
@@ -151,8 +151,8 @@ def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
     assert stats["heldout_accuracy"] >= 0.9 and stats["heldout_pairs"] == 36  # 12 held-out prompts x 3 pairs
     rm, tok, meta = load_reward_model(tmp_path / "rm" / "model")
     assert meta["reward"]["std"] > 0 and meta["metrics"]["heldout_accuracy"] == stats["heldout_accuracy"]
-    from chatfactory.tokenizer.chat_template import render_prompt
-    from chatfactory.train.reward_model import response_ids
+    from engine.training.tokenizer.chat_template import render_prompt
+    from engine.training.train.reward_model import response_ids
 
     prompt = render_prompt([{"role": "user", "content": "question 7"}], tok)
     scores = [float(rm.score(torch.tensor([prompt + response_ids(a, tok)])).detach()) for a in answers]
@@ -161,7 +161,7 @@ def test_reward_stage_learns_a_ranking_then_normalises_and_saves(tmp_path):
 
 
 def test_freeze_bottom_layers_stops_their_gradients():
-    from chatfactory.train.reward import freeze_bottom
+    from engine.training.train.reward import freeze_bottom
 
     rm = tiny_rm()
     freeze_bottom(rm.backbone, 1)

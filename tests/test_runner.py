@@ -2,7 +2,7 @@
 
 import pytest
 
-from chatfactory.runner import Stage, run_stages
+from engine.training.runner import Stage, run_stages
 
 
 def make_stages(calls, fail_at=None):

@@ -1,5 +1,5 @@
 """The SFT stage: loss only on assistant tokens, exact batch resume, an end-to-end run whose
-held-out loss goes down and whose model loads with chatfactory.loader.load; task evaluation."""
+held-out loss goes down and whose model loads with engine.training.loader.load; task evaluation."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chatfactory.data.conversations import Conversation, collate, fit_all, pack
-from chatfactory.data.tasks import TASKS, TaskItem
-from chatfactory.eval.tasks import evaluate_tasks, format_table, reply_of
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.model.checkpoint import save_model
-from chatfactory.tokenizer import IM_END, IM_START, Tokenizer
+from engine.training.data.conversations import Conversation, collate, fit_all, pack
+from engine.training.data.tasks import TASKS, TaskItem
+from engine.training.eval.tasks import evaluate_tasks, format_table, reply_of
+from engine.training.model import GPT, ModelConfig
+from engine.training.model.checkpoint import save_model
+from engine.training.tokenizer import IM_END, IM_START, Tokenizer
 
 TEXT = "Who are you? I am Quill, a small assistant built with chatfactory. What is 12 + 30? 42.\n"
 
@@ -37,7 +37,7 @@ def _convs(n: int) -> list[dict]:
 
 
 def test_loss_is_only_on_assistant_tokens(tok):
-    from chatfactory.train.sft import sft_loss
+    from engine.training.train.sft import sft_loss
 
     model = _model(tok)
     exs, _ = fit_all([Conversation(c["messages"]) for c in _convs(6)], tok, 97)
@@ -54,7 +54,7 @@ def test_loss_is_only_on_assistant_tokens(tok):
 
 
 def test_batches_resume_exactly(tok):
-    from chatfactory.train.sft import SFTBatches
+    from engine.training.train.sft import SFTBatches
 
     exs, _ = fit_all([Conversation(c["messages"]) for c in _convs(40)], tok, 97)
     rows = pack(exs, 96, tok.pad_id)
@@ -72,8 +72,8 @@ def test_batches_resume_exactly(tok):
 
 
 def test_sft_end_to_end(tok, tmp_path, capsys):
-    from chatfactory.cli import main
-    from chatfactory.loader import load
+    from engine.cli import main
+    from engine.training.loader import load
 
     base = save_model(tmp_path / "base", _model(tok), tok)
     data = tmp_path / "convs.jsonl"
@@ -123,7 +123,7 @@ def test_checkers():
 
 
 def test_eval_command(tok, tmp_path, capsys):
-    from chatfactory.cli import main
+    from engine.cli import main
 
     folder = save_model(tmp_path / "m", _model(tok), tok)
     out = tmp_path / "eval.json"

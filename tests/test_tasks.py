@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from chatfactory.data.conversations import parse_conversation
-from chatfactory.data.tasks import (
+from engine.training.data.conversations import parse_conversation
+from engine.training.data.tasks import (
     EVASIVE_REPLIES,
     IDENTITY_ANSWER,
     TASKS,

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from chatfactory.tokenizer import IM_END, IM_START, SPECIAL_TOKENS, Tokenizer
+from engine.training.tokenizer import IM_END, IM_START, SPECIAL_TOKENS, Tokenizer
 
 TEXT = [
     "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n",

@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from chatfactory.loader import load
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.model.checkpoint import load_model_folder
-from chatfactory.tokenizer import Tokenizer
-from chatfactory.train import trainer as trainer_mod
-from chatfactory.train.config import TrainConfig, load_config, parse_duration
-from chatfactory.train.trainer import Trainer, latest_checkpoint, list_checkpoints, lr_multiplier
+from engine.training.loader import load
+from engine.training.model import GPT, ModelConfig
+from engine.training.model.checkpoint import load_model_folder
+from engine.training.tokenizer import Tokenizer
+from engine.training.train import trainer as trainer_mod
+from engine.training.train.config import TrainConfig, load_config, parse_duration
+from engine.training.train.trainer import Trainer, latest_checkpoint, list_checkpoints, lr_multiplier
 
 VOCAB, SEQ = 320, 16  # vocab >= a trained byte-level BPE's 260 (the kill tests load with the tokenizer)
 
@@ -89,7 +89,7 @@ def test_lr_schedule_shapes():
 
 
 def test_config_presets_overrides_and_errors(tmp_path):
-    from chatfactory.train.pretrain import PretrainConfig
+    from engine.training.train.pretrain import PretrainConfig
 
     c = load_config(PretrainConfig, "tiny", ["model.n_layer=6", "train.lr=1e-2", "train.time_budget=5m",
                                               "data.paths=[a.txt, b.jsonl]"])
@@ -187,7 +187,7 @@ KILL_SCRIPT = """
 import sys, time, torch
 sys.path.insert(0, {tests!r})
 from test_trainer import Windows, tiny_model, tiny_tokenizer, cfg
-from chatfactory.train import trainer as T
+from engine.training.train import trainer as T
 real = T.save_file
 def slow_save(*a, **k):
     real(*a, **k)
@@ -229,7 +229,7 @@ DDP_SCRIPT = """
 import sys, json
 sys.path.insert(0, {tests!r})
 from test_trainer import Windows, tiny_model, cfg
-from chatfactory.train.trainer import Trainer
+from engine.training.train.trainer import Trainer
 fsdp = {fsdp!r}
 c = cfg(max_steps=3, batch_tokens=4 * 16, fsdp=fsdp)  # 2 ranks x 1 micro-batch of 2 x 16
 Trainer(tiny_model(dropout=0.0), c, {out!r}, batches=Windows()).fit()

@@ -1,5 +1,5 @@
 """A real, tiny model for serving tests: a random-init GPT and a BPE tokenizer trained on a few
-KB of text, saved as a native folder and loaded back through `chatfactory.loader.load`.
+KB of text, saved as a native folder and loaded back through `engine.training.loader.load`.
 
 init_std is large on purpose: a random model with the usual 0.02 has near-uniform logits, where
 tiny float differences (batched vs alone) could flip an argmax; peaked logits make greedy
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from chatfactory.loader import LoadedModel, load
-from chatfactory.model import GPT, ModelConfig
-from chatfactory.model.checkpoint import save_model
-from chatfactory.tokenizer import Tokenizer
+from engine.training.loader import LoadedModel, load
+from engine.training.model import GPT, ModelConfig
+from engine.training.model.checkpoint import save_model
+from engine.training.tokenizer import Tokenizer
 
 TEXT = [
     "To be, or not to be, that is the question. Whether 'tis nobler in the mind to suffer\n",

@@ -1,0 +1,60 @@
+"""Where things live on disk.
+
+- `assets_dir()`: the shipped assets (hidden templates, model catalogue, moderation data).
+- `home()`: the user's data folder (database, models, logs): the platform's usual place
+  (platformdirs), or `CHATFACTORY_HOME` for tests and portable installs.
+- `cache_dir()`: downloads (`CHATFACTORY_CACHE`, default ~/.cache/chatfactory).
+- `shared_data_dir()`: the real data sets used by tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def assets_dir() -> Path:
+    """The `assets/` folder: beside the packages in a checkout, or inside a frozen bundle."""
+    env = os.environ.get("CHATFACTORY_ASSETS")
+    if env:
+        return Path(env)
+    frozen = getattr(sys, "_MEIPASS", None)
+    if frozen:
+        return Path(frozen) / "assets"
+    return Path(__file__).resolve().parent.parent / "assets"
+
+
+def home() -> Path:
+    """The user's data folder, created on first use."""
+    env = os.environ.get("CHATFACTORY_HOME")
+    if env:
+        path = Path(env)
+    else:
+        import platformdirs
+
+        path = Path(platformdirs.user_data_dir("chatfactory", appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """Folder for downloaded models (`CHATFACTORY_CACHE`, default ~/.cache/chatfactory)."""
+    root = os.environ.get("CHATFACTORY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "chatfactory"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def shared_data_dir() -> Path | None:
+    """The real data sets used by tests and benchmarks (`../shared/data` beside the checkout)."""
+    env = os.environ.get("CHATFACTORY_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [p / "shared" / "data" for p in here.parents]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
