@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from engine.training.sampler.generate import SamplingParams, generate
 from engine.training.loader import load
 from engine.training.model.hf import export_hf_folder
+from engine.training.sampler.generate import SamplingParams, generate
 
 PROMPT = "<|im_start|>user\nWrite a short story about a robot who learns to paint.<|im_end|>\n<|im_start|>assistant\n"
 

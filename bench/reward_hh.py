@@ -23,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.training.data.preferences import read_preferences, split_held_out, write_preferences
 from engine.paths import shared_data_dir
+from engine.training.data.preferences import read_preferences, split_held_out, write_preferences
 
 FILES = ("helpful-online-test.jsonl.gz", "helpful-rejection-sampled-test.jsonl.gz")
 

@@ -38,10 +38,11 @@ def shapes(d: int, kv: int, ff: int, vocab: int) -> None:
 
 
 def decode_steps(model: str, rounds: int) -> None:
-    from engine.training.sampler import SamplingParams
     from engine.training.sampler.scheduler import Engine
+
     from engine.training.loader import load
     from engine.training.model import gpt
+    from engine.training.sampler import SamplingParams
 
     loaded = load(model)
     fast = gpt.Linear.forward

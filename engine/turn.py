@@ -35,7 +35,7 @@ from typing import Any
 
 from engine.moderation import CATEGORIES, ModerationResult, Moderator
 from engine.runtime import LlamaRuntime, Sampling
-from engine.store import Store
+from engine.store import ACTIVE_LEAF, Store
 from engine.templates import TemplateLibrary, TemplateSet
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class Chat:
         *,
         cancel: threading.Event | None = None,
         sampling: Sampling | None = None,
-        parent_id: Any = None,
+        parent_id: Any = ACTIVE_LEAF,
     ) -> Iterator[TurnEvent]:
         """A new user message (under the active leaf, or under `parent_id` for an edit) and its answer."""
         if not isinstance(text, str) or not text.strip():
@@ -126,10 +126,9 @@ class Chat:
         session = self.store.get_session(session_id)
         ts = self.template_for(session)
         values = self._values(session)
-        kwargs = {} if parent_id is None else {"parent_id": parent_id}
         user_id = self.store.add_message(
             session_id, "user", text, hidden=ts.wrap_user(text, **values),
-            template_set=ts.name, template_version=ts.version, **kwargs,
+            template_set=ts.name, template_version=ts.version, parent_id=parent_id,
         )  # fmt: skip
         if session.get("title") in (None, "", "New chat"):
             self.store.update_session(session_id, title=title_from(text))
@@ -220,20 +219,38 @@ class Chat:
         aid = store.add_message(
             session_id, "assistant", "", parent_id=user_id, model=runtime.name, hidden=None, **common
         )
-        yield TurnEvent(
-            "started",
-            data={"user_id": user_id, "assistant_id": aid, "dropped": prompt.dropped,
-                  "prompt_tokens": len(prompt.tokens), "n_ctx": runtime.n_ctx},
-        )  # fmt: skip
-        watcher = None
+        shown: list[str] = []  # released text, kept whatever happens next
+        try:
+            yield TurnEvent(
+                "started",
+                data={"user_id": user_id, "assistant_id": aid, "dropped": prompt.dropped,
+                      "prompt_tokens": len(prompt.tokens), "n_ctx": runtime.n_ctx},
+            )  # fmt: skip
+            yield from self._stream(session_id, aid, text, ts, prompt, sampling, cancel, shown, t0)
+        except GeneratorExit:  # the caller stopped reading: a cancel, kept with what was shown
+            cancel.set()
+            self._settle(aid, shown, "cancelled")
+            raise
+        except BaseException:  # llama.cpp or the store failed: keep what was shown
+            self._settle(aid, shown, "interrupted")
+            raise
+
+    def _settle(self, aid: int, shown: list[str], reason: str) -> None:
+        """An answer that ended early keeps its released text, unless it was already finished."""
+        try:
+            if self.store.get_message(aid)["finish_reason"] is None:
+                self.store.update_message(aid, content="".join(shown), finish_reason=reason)
+        except Exception:  # the store is gone (closing down): the next start marks it interrupted
+            log.warning("answer %s could not be settled as %s", aid, reason, exc_info=True)
+
+    def _stream(self, session_id, aid, text, ts, prompt, sampling, cancel, shown, t0) -> Iterator[TurnEvent]:
+        store, runtime = self.store, self.runtime
         try:
             watcher = self.moderator.stream(text)
         except Exception as e:  # fail closed: no answer can be checked, so none is generated
             log.exception("output moderation could not start")
-            failed = failure_result(e)
-            yield from self._flag(aid, ts, failed, t0)
+            yield from self._flag(aid, ts, failure_result(e), t0)
             return
-        shown: list[str] = []
         flag: ModerationResult | None = None
         last: ModerationResult | None = None
         gen = runtime.generate(prompt.tokens, sampling, cancel, session=session_id)
@@ -256,19 +273,8 @@ class Chat:
                     yield TurnEvent("delta", released)
                     now = time.perf_counter()
                     if now - last_save >= SAVE_EVERY_S:
-                        content = "".join(shown)
-                        store.update_message(aid, content=content)
+                        store.update_message(aid, content="".join(shown))
                         last_save = now
-        except GeneratorExit:  # the caller stopped reading: a cancel, kept with what was shown
-            cancel.set()
-            stream.close()
-            store.update_message(aid, content="".join(shown), finish_reason="cancelled")
-            raise
-        except BaseException:
-            # a failure in llama.cpp or the store: keep what was shown, mark it interrupted
-            stream.close()
-            store.update_message(aid, content="".join(shown), finish_reason="interrupted")
-            raise
         finally:
             stream.close()  # stops generation (a flag, or the caller went away)
         stats = gen.stats
@@ -295,12 +301,12 @@ class Chat:
             return
         finish = stats.finish_reason or "cancelled"
         content = "".join(shown)
-        if last is not None:
-            yield TurnEvent("verdict", data=verdict_dict("answer", last))
         store.update_message(
             aid, content=content, finish_reason=finish, moderation=verdict_dict("answer", last) if last else None,
             timings=timings, **usage,
         )  # fmt: skip
+        if last is not None:
+            yield TurnEvent("verdict", data=verdict_dict("answer", last))
         yield TurnEvent("done", content, self._done(aid, t0))
 
     def _flag(self, aid: int, ts: TemplateSet, result: ModerationResult, t0: float, usage=None, timings=None):

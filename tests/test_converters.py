@@ -8,9 +8,9 @@ import json
 import pytest
 
 from engine.cli import main
+from engine.paths import shared_data_dir
 from engine.training.data.conversations import read_conversations
 from engine.training.data.converters import hh_conversations, oasst_conversations
-from engine.paths import shared_data_dir
 
 
 def _msg(mid, parent, role, text, rank=None, **kw):

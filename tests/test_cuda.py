@@ -3,7 +3,6 @@ run on a lent GPU machine with `pytest tests/test_cuda.py` (see BENCHMARKS.md, "
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -14,10 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_chat_model import tiny_loaded
 
-from engine.training.sampler import SamplingParams, generate
-from engine.training.sampler.scheduler import Engine
 from engine.training.model import GPT, ModelConfig
 from engine.training.train.config import TrainConfig
 from engine.training.train.trainer import Trainer
@@ -103,31 +99,6 @@ def test_compiled_training_matches_eager_on_cuda(tmp_path):
         Trainer(tiny(), train_cfg(max_steps=5, precision="fp32", compile=compiled), out, batches=Repeat()).fit()
         runs[compiled] = losses(out)
     assert max(abs(a - b) for a, b in zip(runs[False], runs[True])) < 1e-3, runs
-
-
-def test_engine_on_cuda_gives_the_cpu_tokens(tmp_path):
-    loaded = tiny_loaded(tmp_path / "model")
-    enc = loaded.tokenizer.encode
-    prompts = [enc("To be, or not"), enc("Explain how a classification"), enc("Café")]
-    greedy = SamplingParams(max_new_tokens=16, temperature=0, stop_token_ids=(loaded.tokenizer.eos_id,))
-    want = [r.tokens for r in generate(loaded.model, prompts, greedy)]
-    loaded.model.to("cuda")
-    engine = Engine(loaded, max_batch=4)
-    engine.start()
-    try:
-        reqs = [engine.submit(p, SamplingParams(max_new_tokens=16, temperature=0)) for p in prompts]
-
-        async def drain(r):
-            return [d async for d in r.stream()]
-
-        async def main():
-            return await asyncio.gather(*(drain(r) for r in reqs))
-
-        asyncio.run(main())
-    finally:
-        engine.shutdown()
-    assert engine.device.type == "cuda"
-    assert [r.output_ids for r in reqs] == want
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP with NCCL needs two GPUs")

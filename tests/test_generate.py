@@ -2,9 +2,9 @@
 
 import torch
 
+from engine.training.model import GPT, ModelConfig
 from engine.training.sampler import SamplingParams, generate
 from engine.training.sampler.sampling import process_logits
-from engine.training.model import GPT, ModelConfig
 
 
 def model():

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from engine.paths import shared_data_dir
 from engine.training.data.preferences import (
     Comparison,
     parse_ranking,
@@ -14,7 +15,6 @@ from engine.training.data.preferences import (
     split_held_out,
     write_preferences,
 )
-from engine.paths import shared_data_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

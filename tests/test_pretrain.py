@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from engine.cli import main
+from engine.paths import shared_data_dir
 from engine.training.data.shards import ShardSet
 from engine.training.loader import load
-from engine.paths import shared_data_dir
 
 SMALL = [
     "--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",

@@ -3,7 +3,8 @@ feedback, migrations from a frozen v1 file, refusal of newer/foreign files, reco
 broken file, and the `sessions` CLI. Real SQLite files in tmp_path.
 
 The frozen fixture tests/fixtures/store/schema_v1.db was made by `make_v1_fixture` below
-(`python tests/test_store.py --make-v1-fixture`); it is committed so later code cannot change it.
+(`PYTHONPATH=. .venv/bin/python tests/test_store.py --make-v1-fixture`); it is committed so
+later code cannot change it.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def chat(store: Store, title: str = "chat", turns: tuple[tuple[str, str], ...] =
 
 
 def pragmas(s: Store) -> dict:
-    q = lambda name: s.db.conn.execute(f"PRAGMA {name}").fetchone()[0]  # noqa: E731
+    q = lambda name: s.db.conn.execute(f"PRAGMA {name}").fetchone()[0]
     return {n: q(n) for n in ("journal_mode", "foreign_keys", "busy_timeout", "synchronous", "user_version")}
 
 
@@ -169,7 +170,7 @@ def test_delete_cascades(store: Store):
     store.set_feedback(ids[1], 1)
     store.add_ranking(ids[0], [ids[1]])
     store.delete_session(sid)
-    count = lambda t: store.db.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: E731
+    count = lambda t: store.db.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
     assert (count("messages"), count("feedback"), count("rankings")) == (2, 0, 0)
     assert store.search("aardvark") == []  # the FTS rows went with them
     assert store.get_session(keep)
@@ -279,11 +280,10 @@ def test_message_fields_roundtrip_and_update(store: Store):
 
 def test_transaction_groups_and_rolls_back(store: Store):
     sid = store.create_session("tx")
-    with pytest.raises(RuntimeError):
-        with store.transaction():
-            store.add_message(sid, "user", "one")
-            store.add_message(sid, "assistant", "two")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_message(sid, "user", "one")
+        store.add_message(sid, "assistant", "two")
+        raise RuntimeError("boom")
     assert store.branch(sid) == [] and store.get_session(sid)["active_leaf_id"] is None
 
 
@@ -295,7 +295,7 @@ def test_threads_share_a_store(store: Store):
         try:
             for i in range(20):
                 store.add_message(sid, "user", f"t{n} m{i}", parent_id=None)
-        except Exception as e:  # pragma: no cover - reported below
+        except (sqlite3.Error, ValueError, KeyError) as e:  # pragma: no cover - reported below
             errors.append(e)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
@@ -570,9 +570,14 @@ def test_corrupt_pages_are_set_aside(tmp_path: Path):
     for p in range(2, len(data) // page):  # keep the header page, scramble the rest
         data[p * page + 8 : p * page + 200] = b"\xa5" * 192
     path.write_bytes(bytes(data))
+    backup = tmp_path / "copy.db"
+    backup.write_bytes(bytes(data))
     with Store.open(path, integrity="full") as s:
         assert s.recovered_from is not None
         assert s.count_sessions() == 0
+    assert path.stat().st_size < dbm.AUTO_FULL_CHECK_BYTES  # "auto" checks a file this small
+    with Store.open(backup) as s:
+        assert s.recovered_from is not None and s.recovered_from.read_bytes() == bytes(data)
 
 
 def test_corruption_is_not_confused_with_a_lock():

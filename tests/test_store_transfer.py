@@ -13,8 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.store import FINISH_REASONS, ROLES, Store
-from engine.store import transfer
+from engine.store import FINISH_REASONS, ROLES, Store, transfer
 from engine.store.transfer import export_json, export_markdown, export_to_file, import_data, import_file
 
 
@@ -33,7 +32,7 @@ def fresh(tmp_path: Path):
 
 
 def counts(s: Store) -> tuple[int, int]:
-    q = lambda t: s.db.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: E731
+    q = lambda t: s.db.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
     return q("sessions"), q("messages")
 
 
@@ -93,7 +92,7 @@ def test_export_shape_reads_as_openai_messages(store: Store):
 
 
 def test_selected_sessions_and_markdown(store: Store):
-    a, b, c = sample(store)
+    a, _b, c = sample(store)
     assert [s["title"] for s in export_json(store, [c])["sessions"]] == ["Two roots"]
     md = export_markdown(store, [a, c])
     assert "## Branches" in md and "## Two roots" in md and "Empty and archived" not in md
@@ -188,14 +187,14 @@ def chatgpt_conversation(title: str = "Trip to Portugal", t: float = 1_700_000_0
         gpt_node("sys", "root", ["u1"], "system", "", t, is_visually_hidden_from_conversation=True),
         gpt_node("u1", "sys", ["a1", "a2"], "user", "Plan two days in Lisbon", t + 1),
         gpt_node("a1", "u1", [], "assistant", "Day 1: Alfama.", t + 2, finish_details={"type": "stop"},
-                 model_slug="gpt-4o"),  # fmt: skip
+                 model_slug="gpt-4o"),
         gpt_node("a2", "u1", ["tool1"], "assistant", "Day 1: Belem.", t + 3, finish_details={"type": "max_tokens"}),
         gpt_node("tool1", "a2", ["u2"], "tool", "search results", t + 4),
         gpt_node("u2", "tool1", ["a3"], "user", None, t + 5, content_type="multimodal_text",
                  parts=[{"content_type": "image_asset_pointer", "asset_pointer": "file-1"}, "What is in this photo?"]),
         gpt_node("a3", "u2", [], "assistant", "A tram.", t + 6, finish_details={"type": "interrupted"}),
         gpt_node("empty", "a3", [], "assistant", "", t + 7),
-    ]  # fmt: skip
+    ]
     return {"title": title, "create_time": t, "update_time": t + 60, "mapping": {n["id"]: n for n in nodes},
             "current_node": "a3", "default_model_slug": "gpt-4o"}  # fmt: skip
 
@@ -291,18 +290,27 @@ def chain(n: int) -> dict:
     return {"title": "Deep", "create_time": 1.0, "update_time": 2.0, "mapping": mapping, "current_node": f"n{n}"}
 
 
-def test_deep_chain_imports_iteratively(store: Store, tmp_path: Path):
-    n = 100_000
-    path = tmp_path / "deep.json"
-    path.write_text(json.dumps([chain(n)]))
-    res = import_file(store, path)
+def test_deep_chain_imports_iteratively(store: Store):
+    """25,000 levels: far past Python's recursion limit (1000) and SQLite's trigger depth (1000)."""
+    n = 25_000
+    res = import_data(store, [chain(n)], where="deep.json")
     assert res.messages == n
     sid = res.sessions[0]
     branch = store.branch(sid)
     assert len(branch) == n and branch[0]["content"] == "m1" and branch[-1]["content"] == f"m{n}"
     assert store.select_branch(sid, branch[0]["id"]) == branch[-1]["id"]
-    data = export_json(store, [sid])
-    assert len(data["sessions"][0]["messages"]) == n
+    assert len(export_json(store, [sid])["sessions"][0]["messages"]) == n
+    store.delete_session(sid)
+    assert counts(store) == (0, 0)
+
+
+@pytest.mark.slow
+def test_100k_deep_chain_from_a_file(store: Store, tmp_path: Path):
+    n = 100_000
+    path = tmp_path / "deep.json"
+    path.write_text(json.dumps([chain(n)]))
+    res = import_file(store, path)
+    assert res.messages == n and len(store.branch(res.sessions[0])) == n
 
 
 def test_deeper_than_allowed_is_refused(store: Store, monkeypatch):

@@ -71,7 +71,8 @@ def test_shipped_set_loads_and_renders(name):
     assert t.name == name and t.version >= 1 and t.title and t.description
     system = t.system(date="2025-01-31", model="SmolLM2")
     assert system and "{" not in system and "}" not in system
-    assert "2025-01-31" in system  # the date is in the hidden prefix: the caller fixes it per chat
+    if "date" in t.uses:  # the date is in the hidden prefix: the caller fixes it per chat
+        assert "2025-01-31" in system
     assert len(system) < 600, "keep the hidden instructions short: a small model prefills them every chat"
     wrapped = t.wrap_user("Hello?", date="2025-01-31", model="SmolLM2")
     assert wrapped.startswith("Hello?\n\n") and len(wrapped) > len("Hello?\n\n")

@@ -23,6 +23,7 @@ MAGIC = b"GGUF"
 MAX_COUNT = 10_000_000  # keys, tensors, array items: far beyond any real model
 MAX_STRING = 256 * 1024 * 1024
 MAX_DIMS = 8
+MAX_TENSOR_BYTES = 1 << 44  # 16 TiB: any larger tensor is a damaged header
 
 # scalar value types -> struct format
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
@@ -142,7 +143,7 @@ def _read(f: BinaryIO, path: Path, size: int) -> GGUFInfo:
         except (ValueError, KeyError):
             raise GGUFError(f"{path}: tensor {name}: unknown tensor type {ttype}") from None
         nbytes = elements // block * type_size
-        if elements % block or nbytes > size:
+        if elements % block or nbytes > MAX_TENSOR_BYTES:
             raise GGUFError(f"{path}: tensor {name}: impossible size {list(dims)} ({nbytes} bytes)")
         parameters += elements
         data_end = max(data_end, offset + nbytes)

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.paths import assets_dir
-
 import numpy as np
+
+from engine.paths import assets_dir
 
 DATA = assets_dir() / "moderation"
 STATIC_TABLE = DATA / "static_minilm.npz"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.paths import assets_dir
-
 import numpy as np
+
+from engine.paths import assets_dir
 
 from .embed import get_encoder
 from .taxonomy import CATEGORIES, SIGNALS

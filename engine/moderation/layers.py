@@ -10,7 +10,6 @@ import json
 import os
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from engine.paths import assets_dir
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.paths import assets_dir
-
 import yaml
+
+from engine.paths import assets_dir
 
 from .layers import build_layer
 from .taxonomy import CATEGORIES, SIGNALS, ModerationResult

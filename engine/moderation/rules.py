@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from engine.paths import assets_dir
-
 import yaml
+
+from engine.paths import assets_dir
 
 from .normalize import BOUNDARY_L, factor, normalize, rule_regex
 from .taxonomy import CATEGORIES, SIGNALS

@@ -236,11 +236,10 @@ class LlamaRuntime:
         # callback; generate() then finds that prefix cached and decodes the last token itself.
         reused = common_prefix(llm.input_ids[: llm.n_tokens], tokens)
         stats.reused_tokens = min(reused, len(tokens) - 1)
-        if reused < len(tokens) - 1:
-            if not self._prefill(tokens, reused, cancel):
-                stats.finish_reason = "cancelled"
-                stats.prefill_s = time.perf_counter() - t0
-                return
+        if reused < len(tokens) - 1 and not self._prefill(tokens, reused, cancel):
+            stats.finish_reason = "cancelled"
+            stats.prefill_s = time.perf_counter() - t0
+            return
         stats.prefill_s = time.perf_counter() - t0
         if cancel.is_set():
             stats.finish_reason = "cancelled"

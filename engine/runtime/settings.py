@@ -43,7 +43,7 @@ class RuntimeSettings:
 
 @dataclass
 class Sampling:
-    temperature: float = 0.7
+    temperature: float = 0.2  # SmolLM2-135M rambles and drifts into French above ~0.5 (measured)
     top_p: float = 0.9
     top_k: int = 40
     min_p: float = 0.05

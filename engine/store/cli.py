@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 
-from . import SNIPPET_END, SNIPPET_START, NotFoundError, Store, StoreError
+from . import NotFoundError, Store, StoreError
 
 
 def register(subparsers) -> None:
@@ -76,7 +76,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for s in rows:
         flags = ("*" if s["pinned"] else " ") + ("a" if s["archived"] else " ")
         print(f"{s['id']:>6} {flags} {_when(s['updated'])}  {s['title']}")
-    if total > len(rows):
+    if not rows:
+        print("no sessions")
+    elif total > len(rows):
         print(f"({len(rows)} of {total}; --limit N for more)")
     return 0
 
@@ -148,5 +150,3 @@ def cmd_delete(args: argparse.Namespace) -> int:
     print(f'deleted session {args.id} ("{s["title"]}", {n} message(s))')
     return 0
 
-
-__all__ = ["register", "SNIPPET_START", "SNIPPET_END"]

@@ -5,7 +5,9 @@ under the same parent, so nothing the user saw is ever overwritten. `sessions.ac
 picks the visible branch: the path from a root down to that leaf.
 
 Conventions:
-- Times are float unix seconds (`time.time()`), in `created` and `updated`.
+- Times are float unix seconds (`time.time()`), in `created` and `updated`, strictly
+  increasing within one Store (`_now`): lists and sibling order never depend on a clock tie
+  (Windows' clock ticks every ~16 ms) or a clock stepping back.
 - Rows come back as plain dicts with the column names; JSON columns (moderation, timings,
   ranked_ids, settings values) are decoded; 0/1 columns (pinned, archived, flagged) are bools.
 - Every write is one short transaction (`BEGIN IMMEDIATE`, so two processes never deadlock
@@ -90,9 +92,9 @@ def check_field(field: str, value: Any) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"title must be a string, got {type(value).__name__}")
         return value
-    if field in ("content",):
+    if field == "content":
         if not isinstance(value, str):
-            raise ValueError(f"{field} must be a string, got {type(value).__name__}")
+            raise ValueError(f"content must be a string, got {type(value).__name__}")
         return value
     if field in ("hidden", "model", "template_set"):
         if value is not None and not isinstance(value, str):
@@ -157,6 +159,7 @@ class Store:
         self._lock = threading.RLock()
         self._tx_depth = 0
         self._closed = False
+        self._last_time = 0.0
 
     # --- opening and closing ------------------------------------------------------------------
 
@@ -177,7 +180,7 @@ class Store:
             from engine.paths import home
 
             path = home() / dbm.DB_NAME
-        path = Path(path)
+        path = Path(path).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
         recovered = None
         try:
@@ -191,7 +194,7 @@ class Store:
         return store
 
     def close(self) -> None:
-        """Checkpoint the WAL into the main file (leaving a small -wal) and close. Idempotent."""
+        """Checkpoint the WAL into the main file (the .db alone is then complete) and close. Idempotent."""
         with self._lock:
             if self._closed:
                 return
@@ -208,7 +211,7 @@ class Store:
             finally:
                 conn.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Store:  # noqa: PYI034 (typing.Self needs Python 3.11)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -252,6 +255,12 @@ class Store:
                     conn.execute("ROLLBACK")
                 raise
 
+    def _now(self) -> float:
+        """time.time(), but always later than the last value this Store handed out."""
+        with self._lock:
+            self._last_time = max(time.time(), self._last_time + 1e-6)
+            return self._last_time
+
     def _read(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._lock:
             if self._closed:
@@ -276,7 +285,7 @@ class Store:
         """A new, empty session; returns its id."""
         given = {"title": title, "model": model, "template_set": template_set, "template_version": template_version}
         vals = {k: check_field(k, v) for k, v in given.items()}
-        now = time.time()
+        now = self._now()
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO sessions (title, model, template_set, template_version, created, updated)"
@@ -327,7 +336,7 @@ class Store:
             return
         vals = {k: check_field(k, v) for k, v in fields.items()}
         if any(k in SESSION_BUMPING for k in vals):
-            vals["updated"] = time.time()
+            vals["updated"] = self._now()
         sets = ", ".join(f"{k} = ?" for k in vals)
         with self.transaction() as conn:
             cur = conn.execute(f"UPDATE sessions SET {sets} WHERE id = ?", (*vals.values(), session_id))
@@ -373,7 +382,7 @@ class Store:
             parent = row[0] if parent_id is ACTIVE_LEAF else parent_id
             if parent is not None and self._session_of(conn, parent) != session_id:
                 raise ValueError(f"parent message {parent} belongs to another session, not {session_id}")
-            now = time.time()
+            now = self._now()
             cols = ["session_id", "parent_id", "role", "created", *vals]
             cur = conn.execute(
                 f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
@@ -532,7 +541,7 @@ class Store:
                 "INSERT INTO feedback (message_id, rating, rater, created) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (message_id, rater) DO UPDATE SET rating = excluded.rating,"
                 " created = excluded.created",
-                (message_id, int(rating), rater, time.time()),
+                (message_id, int(rating), rater, self._now()),
             )
 
     def feedback(self, message_id: int | None = None) -> list[dict]:
@@ -572,7 +581,7 @@ class Store:
                 raise ValueError(f"ranked_ids {bad} are not assistant replies to message {prompt_message_id}")
             cur = conn.execute(
                 "INSERT INTO rankings (prompt_message_id, ranked_ids, rater, created) VALUES (?, ?, ?, ?)",
-                (prompt_message_id, json.dumps(ids), rater, time.time()),
+                (prompt_message_id, json.dumps(ids), rater, self._now()),
             )
             return int(cur.lastrowid)
 

@@ -43,6 +43,10 @@ _SESSION_EXPORT_FIELDS = ("title", "model", "template_set", "template_version", 
 _CHATGPT_FINISH = {"stop": "stop", "max_tokens": "length", "interrupted": "interrupted"}
 
 
+class TransferError(ValueError):
+    """An import file that cannot be imported; the message names the file and the entry."""
+
+
 @dataclass
 class ImportResult:
     format: str  # "chatfactory" | "chatgpt"
@@ -88,7 +92,8 @@ def export_markdown(store: Store, session_ids: Iterable[int] | None = None) -> s
     for sid in _session_ids(store, session_ids):
         s = store.get_session(sid)
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s["created"]))
-        parts.append(f"## {s['title'] or 'Untitled'}\n\n_{when}" + (f" · {s['model']}" if s["model"] else "") + "_\n")
+        title = " ".join(s["title"].split()) or "Untitled"  # a heading is one line
+        parts.append(f"## {title}\n\n_{when}" + (f" · {s['model']}" if s["model"] else "") + "_\n")
         for m in store.branch(sid):
             parts.append(f"**{m['role'].capitalize()}**\n\n{m['content']}\n")
     return "\n".join(parts)
@@ -154,11 +159,11 @@ def _resolve(conv: _Conv, where: str) -> tuple[list[_Node], dict, Hashable | Non
     by_key: dict[Hashable, _Node] = {}
     for n in conv.nodes:
         if n.key in by_key:
-            raise ValueError(f"{where}: {conv.label}: two messages have the id {n.key!r}")
+            raise TransferError(f"{where}: {conv.label}: two messages have the id {n.key!r}")
         by_key[n.key] = n
     for n in conv.nodes:
         if n.parent is not None and n.parent not in by_key:
-            raise ValueError(f"{where}: {conv.label}, message {n.key!r}: parent {n.parent!r} does not exist")
+            raise TransferError(f"{where}: {conv.label}, message {n.key!r}: parent {n.parent!r} does not exist")
 
     kept_at: dict[Hashable, Hashable | None] = {}  # nearest kept node at or above
     depth: dict[Hashable, int] = {}  # kept nodes on the path from the root, this one included
@@ -167,7 +172,7 @@ def _resolve(conv: _Conv, where: str) -> tuple[list[_Node], dict, Hashable | Non
         path, on_path, k = [], set(), n.key
         while k is not None and k not in kept_at:
             if k in on_path:
-                raise ValueError(f"{where}: {conv.label}, message {k!r}: its parent links form a cycle")
+                raise TransferError(f"{where}: {conv.label}, message {k!r}: its parent links form a cycle")
             on_path.add(k)
             path.append(k)
             k = by_key[k].parent
@@ -179,7 +184,7 @@ def _resolve(conv: _Conv, where: str) -> tuple[list[_Node], dict, Hashable | Non
                 kept_parent[key] = above
                 above, d = key, d + 1
                 if d > MAX_DEPTH:
-                    raise ValueError(
+                    raise TransferError(
                         f"{where}: {conv.label}, message {key!r}: nested {d} messages deep, "
                         f"more than the {MAX_DEPTH} this importer accepts"
                     )
@@ -212,7 +217,7 @@ def _write(store: Store, convs: list[_Conv], fmt: str, where: str) -> ImportResu
     result = ImportResult(format=fmt)
     cols = ("id", "session_id", "parent_id", "role", "content", *_MESSAGE_EXPORT_FIELDS)
     insert = f"INSERT INTO messages ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-    with store.transaction() as conn:
+    with store.transaction() as conn, dbm.bulk_insert_messages(conn):
         next_id = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0]
         for conv, (order, kept_parent, active) in zip(convs, resolved):
             s = conv.session
@@ -249,7 +254,7 @@ def _read_text(path: Path) -> str:
     """The file as text: size-capped, UTF-8 checked (a ChatGPT .zip: its conversations.json)."""
     size = path.stat().st_size
     if size > MAX_IMPORT_BYTES:
-        raise ValueError(
+        raise TransferError(
             f"{path.name}: {size / 2**20:.0f} MB is more than the {MAX_IMPORT_BYTES / 2**20:.0f} MB "
             "an import accepts; export fewer conversations at a time"
         )
@@ -258,9 +263,9 @@ def _read_text(path: Path) -> str:
             try:
                 info = z.getinfo("conversations.json")
             except KeyError:
-                raise ValueError(f"{path.name}: a zip without conversations.json at its top") from None
+                raise TransferError(f"{path.name}: a zip without conversations.json at its top") from None
             if info.file_size > MAX_IMPORT_BYTES:
-                raise ValueError(f"{path.name}: conversations.json is {info.file_size / 2**20:.0f} MB unpacked, "
+                raise TransferError(f"{path.name}: conversations.json is {info.file_size / 2**20:.0f} MB unpacked, "
                                  f"more than the {MAX_IMPORT_BYTES / 2**20:.0f} MB an import accepts")  # fmt: skip
             with z.open(info) as f:
                 data = f.read(MAX_IMPORT_BYTES + 1)
@@ -269,12 +274,12 @@ def _read_text(path: Path) -> str:
         data = path.read_bytes()
         where = path.name
     if len(data) > MAX_IMPORT_BYTES:
-        raise ValueError(f"{where}: more than the {MAX_IMPORT_BYTES / 2**20:.0f} MB an import accepts")
+        raise TransferError(f"{where}: more than the {MAX_IMPORT_BYTES / 2**20:.0f} MB an import accepts")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
-        raise ValueError(f"{where}: not valid UTF-8 at byte {start} ({e.reason})") from None
+        raise TransferError(f"{where}: not valid UTF-8 at byte {start} ({e.reason})") from None
 
 
 def import_file(store: Store, path: str | Path) -> ImportResult:
@@ -286,9 +291,9 @@ def import_file(store: Store, path: str | Path) -> ImportResult:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path.name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        raise TransferError(f"{path.name}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
-        raise ValueError(f"{path.name}: JSON nested too deeply to read") from None
+        raise TransferError(f"{path.name}: JSON nested too deeply to read") from None
     return import_data(store, data, where=path.name)
 
 
@@ -298,9 +303,9 @@ def import_data(store: Store, data: Any, where: str = "<data>") -> ImportResult:
         return _write(store, _parse_chatfactory(data, where), "chatfactory", where)
     if isinstance(data, dict) and "mapping" in data:
         data = [data]  # one conversation on its own
-    if isinstance(data, list) and all(isinstance(c, dict) and "mapping" in c for c in data):
+    if isinstance(data, list) and (not data or any(isinstance(c, dict) and "mapping" in c for c in data)):
         return _write(store, _parse_chatgpt(data, where), "chatgpt", where)
-    raise ValueError(
+    raise TransferError(
         f"{where}: neither a chatfactory export (an object with \"format\": \"chatfactory\") "
         "nor a ChatGPT conversations.json (a list of conversations with a \"mapping\")"
     )
@@ -312,28 +317,28 @@ def import_data(store: Store, data: Any, where: str = "<data>") -> ImportResult:
 def _parse_chatfactory(data: dict, where: str) -> list[_Conv]:
     version = data.get("version")
     if not isinstance(version, int) or isinstance(version, bool):
-        raise ValueError(f"{where}: \"version\" must be an integer, got {version!r}")
+        raise TransferError(f"{where}: \"version\" must be an integer, got {version!r}")
     if version > FORMAT_VERSION:
-        raise ValueError(f"{where}: export format version {version} is newer than this chatfactory reads "
+        raise TransferError(f"{where}: export format version {version} is newer than this chatfactory reads "
                          f"({FORMAT_VERSION}); use a newer chatfactory")  # fmt: skip
     sessions = data.get("sessions")
     if not isinstance(sessions, list):
-        raise ValueError(f"{where}: \"sessions\" must be a list")
+        raise TransferError(f"{where}: \"sessions\" must be a list")
     convs = []
     for i, s in enumerate(sessions, 1):
         label = f"session {i}"
         if not isinstance(s, dict):
-            raise ValueError(f"{where}: {label}: must be an object, got {type(s).__name__}")
+            raise TransferError(f"{where}: {label}: must be an object, got {type(s).__name__}")
         if isinstance(s.get("title"), str):
             label = f'session {i} ("{s["title"]}")'
         session = _check_session(s, where, label)
         msgs = s.get("messages", [])
         if not isinstance(msgs, list):
-            raise ValueError(f"{where}: {label}: \"messages\" must be a list")
+            raise TransferError(f"{where}: {label}: \"messages\" must be a list")
         nodes = [_check_message(m, j, session["created"], where, label) for j, m in enumerate(msgs, 1)]
         active = s.get("active_leaf")
         if active is not None and active not in {n.key for n in nodes}:
-            raise ValueError(f"{where}: {label}: active_leaf {active!r} is not one of its messages")
+            raise TransferError(f"{where}: {label}: active_leaf {active!r} is not one of its messages")
         convs.append(_Conv(label, session, nodes, active))
     return convs
 
@@ -345,28 +350,28 @@ def _check_session(s: dict, where: str, label: str) -> dict:
         try:
             out[k] = check_field(k, s.get(k, default))
         except ValueError as e:
-            raise ValueError(f"{where}: {label}: {e}") from None
+            raise TransferError(f"{where}: {label}: {e}") from None
     for k in ("created", "updated"):
         v = s.get(k, time.time() if k == "created" else out.get("created"))
         if not _is_number(v):
-            raise ValueError(f"{where}: {label}: {k} must be a number (unix time), got {v!r}")
+            raise TransferError(f"{where}: {label}: {k} must be a number (unix time), got {v!r}")
         out[k] = float(v)
     return out
 
 
 def _check_message(m: Any, j: int, default_time: float, where: str, label: str) -> _Node:
     if not isinstance(m, dict):
-        raise ValueError(f"{where}: {label}, message {j}: must be an object, got {type(m).__name__}")
+        raise TransferError(f"{where}: {label}, message {j}: must be an object, got {type(m).__name__}")
     key = m.get("id")
     if not isinstance(key, (int, str)) or isinstance(key, bool):
-        raise ValueError(f"{where}: {label}, message {j}: \"id\" must be an integer or string, got {key!r}")
+        raise TransferError(f"{where}: {label}, message {j}: \"id\" must be an integer or string, got {key!r}")
     at = f"{where}: {label}, message {key!r}"
     parent = m.get("parent")
     if parent is not None and (not isinstance(parent, (int, str)) or isinstance(parent, bool)):
-        raise ValueError(f"{at}: \"parent\" must be a message id or null, got {parent!r}")
+        raise TransferError(f"{at}: \"parent\" must be a message id or null, got {parent!r}")
     role = m.get("role")
     if role not in dbm.ROLES:
-        raise ValueError(f"{at}: role must be one of {', '.join(dbm.ROLES)}, got {role!r}")
+        raise TransferError(f"{at}: role must be one of {', '.join(dbm.ROLES)}, got {role!r}")
     row: dict[str, Any] = {"role": role}
     try:
         row["content"] = check_field("content", m.get("content"))
@@ -376,10 +381,10 @@ def _check_message(m: Any, j: int, default_time: float, where: str, label: str) 
             v = m.get(k, False if k == "flagged" else None)
             row[k] = check_field(k, v)
     except ValueError as e:
-        raise ValueError(f"{at}: {e}") from None
+        raise TransferError(f"{at}: {e}") from None
     created = m.get("created", default_time)
     if not _is_number(created):
-        raise ValueError(f"{at}: created must be a number (unix time), got {created!r}")
+        raise TransferError(f"{at}: created must be a number (unix time), got {created!r}")
     row["created"] = float(created)
     return _Node(key, parent, True, row)
 
@@ -390,23 +395,25 @@ def _check_message(m: Any, j: int, default_time: float, where: str, label: str) 
 def _parse_chatgpt(data: list, where: str) -> list[_Conv]:
     convs = []
     for i, c in enumerate(data, 1):
+        if not isinstance(c, dict) or "mapping" not in c:
+            raise TransferError(f"{where}: conversation {i}: must be an object with a \"mapping\"")
         title = c.get("title")
         label = f'conversation {i} ("{title}")' if isinstance(title, str) else f"conversation {i}"
         if title is not None and not isinstance(title, str):
-            raise ValueError(f"{where}: {label}: title must be a string, got {title!r}")
+            raise TransferError(f"{where}: {label}: title must be a string, got {title!r}")
         created, updated = c.get("create_time"), c.get("update_time")
         for name, v in (("create_time", created), ("update_time", updated)):
             if v is not None and not _is_number(v):
-                raise ValueError(f"{where}: {label}: {name} must be a number or null, got {v!r}")
+                raise TransferError(f"{where}: {label}: {name} must be a number or null, got {v!r}")
         created = float(created) if created is not None else time.time()
         updated = float(updated) if updated is not None else created
         mapping = c["mapping"]
         if not isinstance(mapping, dict):
-            raise ValueError(f"{where}: {label}: mapping must be an object, got {type(mapping).__name__}")
+            raise TransferError(f"{where}: {label}: mapping must be an object, got {type(mapping).__name__}")
         nodes = [_chatgpt_node(key, node, created, where, label) for key, node in mapping.items()]
         current = c.get("current_node")
         if current is not None and current not in mapping:
-            raise ValueError(f"{where}: {label}: current_node {current!r} is not in mapping")
+            raise TransferError(f"{where}: {label}: current_node {current!r} is not in mapping")
         session = {"title": title or "Untitled", "model": c.get("default_model_slug") if
                    isinstance(c.get("default_model_slug"), str) else None,
                    "template_set": None, "template_version": None, "created": created, "updated": updated,
@@ -418,31 +425,30 @@ def _parse_chatgpt(data: list, where: str) -> list[_Conv]:
 def _chatgpt_node(key: str, node: Any, default_time: float, where: str, label: str) -> _Node:
     at = f"{where}: {label}, node {key}"
     if not isinstance(node, dict):
-        raise ValueError(f"{at}: must be an object, got {type(node).__name__}")
+        raise TransferError(f"{at}: must be an object, got {type(node).__name__}")
     parent = node.get("parent")
     if parent is not None and not isinstance(parent, str):
-        raise ValueError(f"{at}: parent must be a node id (string) or null, got {parent!r}")
+        raise TransferError(f"{at}: parent must be a node id (string) or null, got {parent!r}")
     children = node.get("children", [])
     if not isinstance(children, list):
-        raise ValueError(f"{at}: children must be a list")
+        raise TransferError(f"{at}: children must be a list")
     msg = node.get("message")
     if msg is None:
         return _Node(key, parent, False, {})
     if not isinstance(msg, dict):
-        raise ValueError(f"{at}: message must be an object or null, got {type(msg).__name__}")
+        raise TransferError(f"{at}: message must be an object or null, got {type(msg).__name__}")
     author = msg.get("author")
     if not isinstance(author, dict) or not isinstance(author.get("role"), str):
-        raise ValueError(f"{at}: message.author.role must be a string")
+        raise TransferError(f"{at}: message.author.role must be a string")
     content = msg.get("content")
     if not isinstance(content, dict):
-        raise ValueError(f"{at}: message.content must be an object")
+        raise TransferError(f"{at}: message.content must be an object")
     ctype = content.get("content_type")
     if not isinstance(ctype, str):
-        raise ValueError(f"{at}: content.content_type must be a string")
+        raise TransferError(f"{at}: content.content_type must be a string")
     parts = content.get("parts")
-    if ctype in ("text", "multimodal_text") or "parts" in content:
-        if not isinstance(parts, list):
-            raise ValueError(f"{at}: content.parts must be a list")
+    if (ctype in ("text", "multimodal_text") or "parts" in content) and not isinstance(parts, list):
+        raise TransferError(f"{at}: content.parts must be a list")
     meta = msg.get("metadata") if isinstance(msg.get("metadata"), dict) else {}
     role = author["role"]
     text = "\n".join(p for p in (parts or []) if isinstance(p, str) and p)  # images etc. skipped
@@ -450,7 +456,7 @@ def _chatgpt_node(key: str, node: Any, default_time: float, where: str, label: s
     keep = role in dbm.ROLES and bool(text.strip()) and not hidden and ctype in ("text", "multimodal_text")
     ctime = msg.get("create_time")
     if ctime is not None and not _is_number(ctime):
-        raise ValueError(f"{at}: message.create_time must be a number or null, got {ctime!r}")
+        raise TransferError(f"{at}: message.create_time must be a number or null, got {ctime!r}")
     finish = None
     if role == "assistant":
         fd = meta.get("finish_details")

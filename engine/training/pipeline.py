@@ -125,8 +125,8 @@ def stage_sft(ctx: StageContext) -> dict:
 
 def stage_sample(ctx: StageContext) -> dict:
     from engine.training.data.preferences import write_preferences
-    from engine.training.sampler import SamplingParams
     from engine.training.loader import load
+    from engine.training.sampler import SamplingParams
     from engine.training.train.sample import sample_comparisons, task_prompts
 
     c = {"k": 4, "n_prompts": 400, "temperature": 1.0, "max_new_tokens": 24, "seed": 0, **_section(ctx)}
@@ -218,8 +218,8 @@ def stage_eval(ctx: StageContext) -> dict:
 def side_by_side(ctx: StageContext, tokenizer, c: dict, per_task: int = 2) -> list[dict]:
     """The same held-out prompts answered by the base, SFT and PPO models (greedy)."""
     from engine.training.data.tasks import get_tasks
-    from engine.training.sampler import SamplingParams
     from engine.training.loader import load
+    from engine.training.sampler import SamplingParams
     from engine.training.train.sample import generate_answers
 
     items = [it for t in get_tasks(ctx.full_config.get("tasks", "builtin")) for it in t.items("test", per_task, c["seed"])]

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from engine.training.sampler import SamplingParams
 from engine.training.model import GPT
+from engine.training.sampler import SamplingParams
 from engine.training.train.reward_model import RewardModel, pad_right
 from engine.training.train.rl_math import token_logprobs
 from engine.training.train.sample import Answer, generate_answers

@@ -26,8 +26,8 @@ import torch
 
 from engine.training.data.conversations import Conversation, collate, fit_all, pad_rows
 from engine.training.data.tasks import Task, TaskItem, get_tasks, is_evasive
-from engine.training.sampler.generate import SamplingParams, generate
 from engine.training.model import GPT
+from engine.training.sampler.generate import SamplingParams, generate
 from engine.training.tokenizer import IM_END, Tokenizer
 from engine.training.tokenizer.chat_template import render_prompt
 

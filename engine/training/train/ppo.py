@@ -35,8 +35,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.training.sampler import SamplingParams
 from engine.training.model import GPT
+from engine.training.sampler import SamplingParams
 
 from .config import TrainConfig, add_config_arguments, config_from_args
 from .reward_model import RewardModel, pad_right

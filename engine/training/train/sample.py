@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from engine.training.data.preferences import Comparison, iter_json_records, write_preferences
-from engine.training.sampler import SamplingParams, generate
 from engine.training.model import GPT
+from engine.training.sampler import SamplingParams, generate
 from engine.training.tokenizer import Tokenizer
 from engine.training.tokenizer.bpe import IM_END
 from engine.training.tokenizer.chat_template import render_prompt

@@ -1,0 +1,41 @@
+"""Pages that later versions fill: the Models page (download and pick GGUF models) and the
+Fine-tuning tab (SFT, reward model, PPO/DPO on the user's machine). Their own issues build
+them; here they exist so the window's shape is final."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+
+class PlaceholderPage(QWidget):
+    def __init__(self, title: str, text: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setAccessibleName(title)
+        lay = QVBoxLayout(self)
+        head = QLabel(f"<h2>{title}</h2>")
+        body = QLabel(text)
+        body.setWordWrap(True)
+        for w in (head, body):
+            w.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            lay.addWidget(w)
+        lay.addStretch(1)
+        lay.insertStretch(0, 1)
+
+
+def models_page() -> PlaceholderPage:
+    return PlaceholderPage(
+        "Models",
+        "Download models from Hugging Face, add your own GGUF files and check what fits your memory: "
+        "coming in a later version. Until then, the model picker above the chat lists the bundled model "
+        "and those added with `chatfactory models add FILE`.",
+    )
+
+
+def finetune_page() -> PlaceholderPage:
+    return PlaceholderPage(
+        "Fine-tuning",
+        "Teach your own model on this machine (SFT on your demonstrations, a reward model from your "
+        "rankings, PPO or DPO): coming in a later version. The answers you rank with Compare and rate "
+        "with 👍/👎 are already kept for it.",
+    )
