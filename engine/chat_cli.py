@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--session", type=int, help="continue this session (default: a new one)")
     p.add_argument("--model", help="registry name or .gguf file (default: the last used, else the bundled model)")
     p.add_argument("--max-tokens", type=int, help="longest answer in tokens")
+    p.add_argument("--temperature", type=float, help="sampling temperature (default: the app's setting)")
+    p.add_argument("--seed", type=int, help="sampling seed, for a repeatable answer")
     p.add_argument("--template", help="hidden template set for a new session (default: default)")
     p.add_argument("--db", help="database file (default: the app's)")
     p.set_defaults(func=cmd_chat)
@@ -37,6 +39,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if args.max_tokens < 1:
                 raise ValueError("--max-tokens must be at least 1")
             sampling.max_tokens = args.max_tokens
+        if args.temperature is not None:
+            sampling.temperature = args.temperature
+        if args.seed is not None:
+            sampling.seed = args.seed
         session = args.session or chat.new_session(template_set=args.template)
         if args.session:
             chat.store.get_session(args.session)  # a clear error for an unknown id

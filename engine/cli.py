@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
-    except (UserError, FileNotFoundError, ValueError) as e:
+    except (UserError, FileNotFoundError, ValueError, KeyError) as e:  # bad input: one line, no traceback
         print(f"chatfactory {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -133,6 +133,8 @@ def test_smollm2_logits_match_transformers_gguf_loader(smollm2, ours):
 
 @pytest.mark.slow
 def test_smollm2_exported_hf_folder_matches_in_transformers(smollm2, ours, tmp_path):
+    from engine.cli import main
+
     transformers = pytest.importorskip("transformers")
     assert (
         main(["models", "export", "--model", str(smollm2), "--out", str(tmp_path / "hf"), "--format", "hf"])

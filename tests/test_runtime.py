@@ -106,7 +106,7 @@ def test_stop_during_prompt_processing_returns_within_a_batch(runtime):
 
 
 def test_history_is_trimmed_oldest_first(runtime):
-    msgs = convo(*[("tell me a fact number %d " % i) * 40 for i in range(30)], "final question?")
+    msgs = convo(*[f"tell me a fact number {i} " * 40 for i in range(30)], "final question?")
     prompt = runtime.build_prompt(msgs, 64)
     assert prompt.dropped > 0
     assert prompt.messages[0] == msgs[0] and prompt.messages[-1] == msgs[-1]

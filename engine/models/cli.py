@@ -22,6 +22,7 @@ def register(subparsers) -> None:
     ex = sub.add_parser("export", help="write a model as a Hugging Face folder (needs the training extra)")
     ex.add_argument("--model", required=True, help="registry name, chatfactory folder, HF folder or .gguf file")
     ex.add_argument("--out", required=True, help="folder to write (replaced atomically)")
+    ex.add_argument("--format", default="hf", choices=["hf"], help="output format (default: hf)")
     ex.set_defaults(func=cmd_export)
 
 

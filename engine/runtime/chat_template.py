@@ -89,7 +89,7 @@ class ChatTemplate:
             )  # fmt: skip
         except TemplateError:
             raise
-        except Exception as e:  # a template can raise anything (TypeError on odd input, ...)
+        except Exception as e:  # noqa: BLE001 - a template can raise anything (TypeError on odd input, ...)
             raise TemplateError(f"{type(e).__name__}: {e}") from None
         out: list[Piece] = []
         seen: list[int] = []
