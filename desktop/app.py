@@ -17,14 +17,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from PySide6.QtCore import QObject
+
 SELF_TEST_PROMPT = "Say hello in one short sentence."
 SELF_TEST_TIMEOUT_S = 180
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="chatfactory-desktop", description="chatfactory: chat with a local model")
+    p = argparse.ArgumentParser(
+        prog="chatfactory-desktop", description="chatfactory: chat with a local model"
+    )
     p.add_argument("--db", help="conversation database file (default: the data folder's chatfactory.db)")
-    p.add_argument("--model", help="registry name or .gguf file (default: the last used, else the bundled model)")
+    p.add_argument(
+        "--model", help="registry name or .gguf file (default: the last used, else the bundled model)"
+    )
     p.add_argument(
         "--self-test", action="store_true",
         help="open the window, send one message to the model, print the answer and exit (0 = it works)",
@@ -32,9 +38,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _quiet_offscreen() -> None:
+    """The offscreen platform (self-test, benchmarks) warns on every window size-hint change,
+    a limitation of that plugin, not a problem of the app: drop just that line."""
+    from PySide6.QtCore import qInstallMessageHandler
+
+    def handler(_mode, _context, message: str) -> None:
+        if "does not support propagateSizeHints" not in message:
+            print(message, file=sys.stderr)
+
+    qInstallMessageHandler(handler)
+
+
 def make_app():
     from PySide6.QtWidgets import QApplication
 
+    if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        _quiet_offscreen()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("chatfactory")
     app.setApplicationDisplayName("chatfactory")
@@ -42,8 +62,11 @@ def make_app():
     return app
 
 
-def create_window(db: str | Path | None = None, model: str | None = None, *, show: bool = True):
-    """Open the store, build and show the window, then ask the worker to load the model.
+def create_window(
+    db: str | Path | None = None, model: str | None = None, *, show: bool = True, load_model: bool = True
+):
+    """Open the store, build and show the window, then ask the worker to load the model
+    (`load_model=False`: a window for browsing only, as tests of the history use).
     Raises engine.store.StoreError when the database cannot be used (newer, not ours)."""
     from PySide6.QtCore import QTimer
 
@@ -59,8 +82,45 @@ def create_window(db: str | Path | None = None, model: str | None = None, *, sho
     window = MainWindow(store, TemplateLibrary.load(), client)
     if show:
         window.show()
-    QTimer.singleShot(0, lambda: client.open(store.path, model))
+    if load_model:
+        QTimer.singleShot(0, lambda: client.open(store.path, model))
     return window
+
+
+class _SelfTest(QObject):
+    """Drives the self-test from the GUI thread (a QObject, so worker signals are queued here)."""
+
+    def __init__(self, window, app) -> None:
+        super().__init__()
+        self.window, self.app, self.t0 = window, app, time.perf_counter()
+        self.answer, self.error = "", ""
+        w = window.client.signals
+        w.loaded.connect(self.loaded)
+        w.finished.connect(self.finished)
+        w.failed.connect(self.failed)
+        w.load_failed.connect(self.load_failed)
+
+    def loaded(self, name: str, n_ctx: int) -> None:
+        print(f"model {name} loaded (context {n_ctx}) at {time.perf_counter() - self.t0:.2f} s")
+        self.window.sampling.max_tokens = 32
+        print(f"> {SELF_TEST_PROMPT}")
+        self.window.send(SELF_TEST_PROMPT)
+
+    def finished(self, _sid: int, data: dict) -> None:
+        self.answer = data["message"]["content"]
+        self.app.quit()
+
+    def failed(self, _sid: int, text: str) -> None:
+        self.error = f"the turn failed: {text}"
+        self.app.quit()
+
+    def load_failed(self, text: str) -> None:
+        self.error = f"the model did not load: {text}"
+        self.app.quit()
+
+    def timed_out(self) -> None:
+        self.error = f"no answer within {SELF_TEST_TIMEOUT_S} s"
+        self.app.quit()
 
 
 def self_test(args: argparse.Namespace) -> int:
@@ -76,46 +136,23 @@ def self_test(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         window = create_window(db, args.model)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - the self-test reports any failure, then exits 1
         print(f"self-test FAILED: the window could not open: {e}", file=sys.stderr)
         return 1
     print(f"window shown in {time.perf_counter() - t0:.2f} s (database {db})")
-    outcome: dict[str, object] = {}
-    w = window.client.signals
-
-    def loaded(name: str, n_ctx: int) -> None:
-        print(f"model {name} loaded (context {n_ctx}) at {time.perf_counter() - t0:.2f} s")
-        window.sampling.max_tokens = 32
-        print(f"> {SELF_TEST_PROMPT}")
-        window.send(SELF_TEST_PROMPT)
-
-    def finished(_sid: int, data: dict) -> None:
-        outcome["answer"] = data["message"]["content"]
-        app.quit()
-
-    def failed(what: str):
-        def fail(*a) -> None:
-            outcome["error"] = f"{what}: {a[-1]}"
-            app.quit()
-
-        return fail
-
-    w.loaded.connect(loaded)
-    w.finished.connect(finished)
-    w.failed.connect(failed("the turn failed"))
-    w.load_failed.connect(failed("the model did not load"))
+    probe = _SelfTest(window, app)
     timer = QTimer()
     timer.setSingleShot(True)
-    timer.timeout.connect(lambda: (outcome.setdefault("error", f"no answer within {SELF_TEST_TIMEOUT_S} s"), app.quit()))
+    timer.timeout.connect(probe.timed_out)
     timer.start(SELF_TEST_TIMEOUT_S * 1000)
     app.exec()
     window.close()
     if tmp is not None:
         tmp.cleanup()
-    if "error" in outcome:
-        print(f"self-test FAILED: {outcome['error']}", file=sys.stderr)
+    if probe.error:
+        print(f"self-test FAILED: {probe.error}", file=sys.stderr)
         return 1
-    answer = str(outcome.get("answer", "")).strip()
+    answer = probe.answer.strip()
     if not answer:
         print("self-test FAILED: the model's answer was empty", file=sys.stderr)
         return 1
@@ -127,13 +164,15 @@ def self_test(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.self_test:
-        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and sys.platform.startswith("linux"):
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and sys.platform.startswith(
+            "linux"
+        ):
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         return self_test(args)
     app = make_app()
     try:
         create_window(args.db, args.model)
-    except Exception as e:  # a database from a newer version, or someone else's file
+    except Exception as e:  # noqa: BLE001 - a newer or foreign database, an unreadable folder: say so
         from PySide6.QtWidgets import QMessageBox
 
         QMessageBox.critical(None, "chatfactory cannot start", str(e))

@@ -12,11 +12,12 @@ a turn starts or ends and when the user moves between branches, never per token.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer, QUrl, Signal
-from PySide6.QtWidgets import QFrame, QLabel, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QFrame, QLabel, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from desktop.message_widget import MessageWidget
 
 RENDER_INTERVAL_MS = 50
+SHOWN_AT_OPEN = 40  # messages built when a chat opens; older ones on request (each widget ~4 ms)
 _COMPARED = ("content", "finish_reason", "flagged", "moderation", "timings", "model")
 
 
@@ -39,7 +40,9 @@ class ChatView(QScrollArea):
         self._layout = QVBoxLayout(self._inner)
         self._layout.setContentsMargins(12, 8, 12, 8)
         self._layout.setSpacing(8)
-        self.placeholder = QLabel("Start a new chat: type a message below.\nEnter sends, Shift+Enter starts a new line.")
+        self.placeholder = QLabel(
+            "Start a new chat: type a message below.\nEnter sends, Shift+Enter starts a new line."
+        )
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setStyleSheet("color: palette(placeholder-text);")
         self._layout.addWidget(self.placeholder)
@@ -49,6 +52,12 @@ class ChatView(QScrollArea):
         self.error_label.setStyleSheet("color: #c62828;")
         self.error_label.hide()
         self._layout.addWidget(self.error_label)
+        self.earlier_button = QPushButton()
+        self.earlier_button.setAccessibleName("Show earlier messages")
+        self.earlier_button.clicked.connect(self.show_earlier)
+        self.earlier_button.hide()
+        self._layout.insertWidget(0, self.earlier_button)
+        self._hidden = 0  # messages at the start of the branch not built (see SHOWN_AT_OPEN)
         self._layout.addStretch(1)
         self.setWidget(self._inner)
         self.widgets: list[MessageWidget] = []
@@ -64,6 +73,15 @@ class ChatView(QScrollArea):
         self._timer.setInterval(RENDER_INTERVAL_MS)
         self._timer.timeout.connect(self._flush)
         self.flushes = 0
+        QTimer.singleShot(0, self, self._warm_up)
+
+    def _warm_up(self) -> None:
+        """Build and drop one message while the model loads: the first MessageWidget pays ~40 ms
+        of one-time Qt setup (fonts, Markdown parser), which would otherwise land on the first turn."""
+        w = MessageWidget(
+            {"id": 0, "role": "assistant", "content": "*a* `b`\n\n```py\nx = 1\n```", "parent_id": None}, [0]
+        )
+        w.deleteLater()
 
     # ---- which conversation ----------------------------------------------------------------
     def show_session(self, session_id: int | None) -> None:
@@ -72,7 +90,9 @@ class ChatView(QScrollArea):
         self.error_label.hide()
         self._clear()
         self._follow = True
-        self.sync()
+        branch = self.store.branch(session_id) if session_id is not None else []
+        self._hidden = max(0, len(branch) - SHOWN_AT_OPEN)
+        self.sync(branch)
 
     def _clear(self) -> None:
         for w in self.widgets:
@@ -80,11 +100,25 @@ class ChatView(QScrollArea):
             w.deleteLater()
         self.widgets = []
 
-    def sync(self) -> None:
+    def show_earlier(self) -> None:
+        """Build the older messages of a long chat too."""
+        self._hidden = 0
+        self._clear()
+        self.sync()
+
+    def sync(self, branch: list[dict] | None = None) -> None:
         """Make the widgets match the store's visible branch (see the module docstring)."""
-        branch = self.store.branch(self.session_id) if self.session_id is not None else []
+        if branch is None:
+            branch = self.store.branch(self.session_id) if self.session_id is not None else []
+        self._hidden = min(self._hidden, max(0, len(branch) - 1))
+        branch = branch[self._hidden :]
+        self.earlier_button.setText(f"Show {self._hidden} earlier messages")
+        self.earlier_button.setVisible(self._hidden > 0)
         keep = 0
-        while keep < min(len(branch), len(self.widgets)) and self.widgets[keep].message["id"] == branch[keep]["id"]:
+        while (
+            keep < min(len(branch), len(self.widgets))
+            and self.widgets[keep].message["id"] == branch[keep]["id"]
+        ):
             w, m = self.widgets[keep], branch[keep]
             if m["id"] != self._streaming_id and any(w.message.get(k) != m.get(k) for k in _COMPARED):
                 w.set_message(m, self._siblings(m), self._rating(m))

@@ -51,7 +51,9 @@ def open_link(parent: QWidget | None, url: QUrl) -> bool:
     Links come from the model's text, so they are never followed silently; only web and mail
     links are offered at all (no file:, no custom schemes)."""
     if url.scheme().lower() not in SAFE_SCHEMES:
-        error(parent, "Link not opened", f"Only web and mail links are opened from chats:\n\n{url.toString()}")
+        error(
+            parent, "Link not opened", f"Only web and mail links are opened from chats:\n\n{url.toString()}"
+        )
         return False
     if not confirm(parent, "Open link?", f"Open this address in your browser?\n\n{url.toString()}"):
         return False

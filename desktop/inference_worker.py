@@ -98,13 +98,15 @@ class InferenceWorker(QObject):
             chat.runtime = None
         try:
             chat.runtime = load_runtime(model, runtime_settings(chat.store))
-        except Exception as e:  # ModelLoadError, unknown name, bad settings
+        except Exception as e:  # noqa: BLE001 - ModelLoadError, unknown name, bad settings: all told to the user
             log.warning("model %r not loaded: %s", model, e)
             self._fail_load(str(e))
             return
         self.load_error = None
         if model:
-            chat.store.set_setting("model", chat.runtime.name if Path(str(model)).suffix != ".gguf" else str(model))
+            chat.store.set_setting(
+                "model", chat.runtime.name if Path(str(model)).suffix != ".gguf" else str(model)
+            )
         self.loaded.emit(chat.runtime.name, chat.runtime.n_ctx)
 
     def _fail_load(self, message: str) -> None:
@@ -191,9 +193,24 @@ def _describe(e: Exception) -> str:
 class InferenceClient(QObject):
     """The GUI thread's handle on the worker: starts the thread, queues requests, stops turns.
 
-    `busy` is True from a request until its `finished` / `failed` arrives. Only one turn runs at
-    a time (one model slot), so the GUI sends the next request only when idle.
+    It re-emits the worker's signals from the GUI thread (same names and arguments), so GUI code
+    and tests connect to the client and may use any callable: PySide6 runs a plain function
+    connected straight to a worker signal on the worker thread, where it must not touch widgets.
+
+    `busy` is True from a request until its `finished` / `failed` arrives (and is already False
+    when those are re-emitted). One turn runs at a time (one model slot).
     """
+
+    loading = Signal(str)
+    loaded = Signal(str, int)
+    load_failed = Signal(str)
+    started = Signal(int, object)
+    delta = Signal(int, str)
+    verdict = Signal(int, object)
+    replaced = Signal(int, str)
+    finished = Signal(int, object)
+    failed = Signal(int, str)
+    busy_changed = Signal(bool)
 
     _open = Signal(object, object)
     _switch = Signal(object)
@@ -201,7 +218,6 @@ class InferenceClient(QObject):
     _templates = Signal()
     _run = Signal(object)
     _close = Signal()
-    busy_changed = Signal(bool)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -215,18 +231,25 @@ class InferenceClient(QObject):
         self._templates.connect(self.worker.reload_templates)
         self._run.connect(self.worker.run)
         self._close.connect(self.worker.close)
-        self.worker.finished.connect(self._turn_ended)
-        self.worker.failed.connect(self._turn_ended)
+        w = self.worker  # bound methods of this GUI-thread object: queued to the GUI thread
+        w.loading.connect(self._on_loading)
+        w.loaded.connect(self._on_loaded)
+        w.load_failed.connect(self._on_load_failed)
+        w.started.connect(self._on_started)
+        w.delta.connect(self._on_delta)
+        w.verdict.connect(self._on_verdict)
+        w.replaced.connect(self._on_replaced)
+        w.finished.connect(self._on_finished)
+        w.failed.connect(self._on_failed)
         self.current: TurnRequest | None = None
         self.model_name: str | None = None
         self.n_ctx = 0
-        self.worker.loaded.connect(self._loaded)
         self.thread.start()
 
-    # signals of the worker, for the GUI to connect to
     @property
-    def signals(self) -> InferenceWorker:
-        return self.worker
+    def signals(self) -> InferenceClient:
+        """Where to connect: the client's own, GUI-thread signals."""
+        return self
 
     @property
     def busy(self) -> bool:
@@ -269,9 +292,37 @@ class InferenceClient(QObject):
         if not self.thread.wait(timeout_ms):
             log.warning("the inference thread did not stop in %d ms", timeout_ms)
 
-    def _turn_ended(self, *_: object) -> None:
+    # ---- relays (GUI thread) ---------------------------------------------------------------
+    def _on_loading(self, name: str) -> None:
+        self.loading.emit(name)
+
+    def _on_loaded(self, name: str, n_ctx: int) -> None:
+        self.model_name, self.n_ctx = name, n_ctx
+        self.loaded.emit(name, n_ctx)
+
+    def _on_load_failed(self, text: str) -> None:
+        self.load_failed.emit(text)
+
+    def _on_started(self, sid: int, data: object) -> None:
+        self.started.emit(sid, data)
+
+    def _on_delta(self, sid: int, text: str) -> None:
+        self.delta.emit(sid, text)
+
+    def _on_verdict(self, sid: int, data: object) -> None:
+        self.verdict.emit(sid, data)
+
+    def _on_replaced(self, sid: int, text: str) -> None:
+        self.replaced.emit(sid, text)
+
+    def _turn_ended(self) -> None:
         self.current = None
         self.busy_changed.emit(False)
 
-    def _loaded(self, name: str, n_ctx: int) -> None:
-        self.model_name, self.n_ctx = name, n_ctx
+    def _on_finished(self, sid: int, data: object) -> None:
+        self._turn_ended()
+        self.finished.emit(sid, data)
+
+    def _on_failed(self, sid: int, text: str) -> None:
+        self._turn_ended()
+        self.failed.emit(sid, text)

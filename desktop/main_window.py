@@ -37,11 +37,9 @@ class MainWindow(QMainWindow):
     compare_ready = Signal(object)  # the CompareDialog, once both answers exist
 
     def __init__(self, store, templates, client: InferenceClient, parent: QWidget | None = None) -> None:
-        from engine.setup import sampling_settings
-
         super().__init__(parent)
         self.store, self.templates, self.client = store, templates, client
-        self.sampling = sampling_settings(store)  # sent with every turn; Settings updates it
+        self._sampling = None  # see `sampling`
         self.session_id: int | None = None
         self.draft_template = "default"
         self._compare: tuple[int, int] | None = None  # (user id, first answer id) while comparing
@@ -73,14 +71,23 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.pages)
         self._menus()
         self._wire()
-        self.top_bar.set_models(self._model_names(), store.get_setting("model"))
         self.top_bar.set_model_state(None, "loading…")
+        # after the first paint: the model registry imports numpy and reads GGUF headers
+        QTimer.singleShot(0, self, self._fill_models)
         self.top_bar.set_templates([(t.name, t.title) for t in templates], "default")
         self._live = QTimer(self)
         self._live.setInterval(LIVE_STATS_MS)
         self._live.timeout.connect(self.top_bar.update_live)
         self._startup_notes()
         self.new_chat()
+
+    @property
+    def sampling(self):
+        """The sampling settings sent with every turn (engine.runtime.Sampling); Settings updates
+        them. Read on first use: importing the engine's runtime package costs ~0.1 s at startup."""
+        if self._sampling is None:
+            self._reload_sampling()
+        return self._sampling
 
     # ---- construction ----------------------------------------------------------------------
     def _action(self, menu, text: str, slot, shortcut=None, name: str | None = None) -> QAction:
@@ -116,7 +123,9 @@ class MainWindow(QMainWindow):
         self._action(c, "&Delete chat…", self._delete_current)
         c.addSeparator()
         self._action(c, "Show &hidden instructions", self.show_hidden_instructions, "Ctrl+Shift+H")
-        self._action(c, "Find in chats", lambda: self.sidebar.search.setFocus(), QKeySequence.StandardKey.Find)
+        self._action(
+            c, "Find in chats", lambda: self.sidebar.search.setFocus(), QKeySequence.StandardKey.Find
+        )
         self._action(c, "Focus message box", lambda: self.composer.edit.setFocus(), "Ctrl+L")
         v = bar.addMenu("&View")
         for i, title in enumerate(("Chat", "Models", "Fine-tuning")):
@@ -148,7 +157,7 @@ class MainWindow(QMainWindow):
         self.top_bar.model_chosen.connect(self.client.switch_model)
         self.top_bar.template_chosen.connect(self.set_template)
         self.client.busy_changed.connect(self._busy)
-        w.loading.connect(lambda name: self.top_bar.set_model_state(name or None, "loading…"))
+        w.loading.connect(self._loading)
         w.loaded.connect(self._loaded)
         w.load_failed.connect(self._load_failed)
         w.started.connect(self._started)
@@ -160,6 +169,11 @@ class MainWindow(QMainWindow):
         w.finished.connect(self._finished)
         w.failed.connect(self.chat_view.on_failed)
         w.failed.connect(self._failed)
+
+    def _fill_models(self) -> None:
+        self.top_bar.set_models(
+            self._model_names(), self.client.model_name or self.store.get_setting("model")
+        )
 
     def _model_names(self) -> list[str]:
         from engine.models.registry import list_models
@@ -176,9 +190,13 @@ class MainWindow(QMainWindow):
             notes.append(f"The chat database was damaged and set aside at {self.store.recovered_from}; "
                          "a fresh one was started.")  # fmt: skip
         if self.store.interrupted_at_open:
-            notes.append(f"{self.store.interrupted_at_open} answer(s) left unfinished last time are marked interrupted.")
+            notes.append(
+                f"{self.store.interrupted_at_open} answer(s) left unfinished last time are marked interrupted."
+            )
         if self.templates.errors:
-            notes.append("Some of your template sets could not be loaded: " + "; ".join(self.templates.errors))
+            notes.append(
+                "Some of your template sets could not be loaded: " + "; ".join(self.templates.errors)
+            )
         if notes:
             self.statusBar().showMessage(" ".join(notes))
 
@@ -200,7 +218,9 @@ class MainWindow(QMainWindow):
             self.session_id = session_id
             self.chat_view.show_session(session_id)
             session = self.store.get_session(session_id)
-            self.top_bar.set_templates([(t.name, t.title) for t in self.templates], session.get("template_set"))
+            self.top_bar.set_templates(
+                [(t.name, t.title) for t in self.templates], session.get("template_set")
+            )
         self.sidebar.select(session_id, emit=False)
         if message_id is not None:
             self.chat_view.scroll_to_message(message_id)
@@ -254,7 +274,10 @@ class MainWindow(QMainWindow):
         if self.session_id is None:
             ts = self.templates.get(self.draft_template)
             sid = self.store.create_session(
-                title="New chat", model=self.client.model_name, template_set=ts.name, template_version=ts.version
+                title="New chat",
+                model=self.client.model_name,
+                template_set=ts.name,
+                template_version=ts.version,
             )
             self.session_id = sid
             self.chat_view.show_session(sid)
@@ -266,12 +289,16 @@ class MainWindow(QMainWindow):
     def regenerate(self, user_id: int) -> TurnRequest | None:
         if self.client.busy or self.session_id is None:
             return None
-        return self.client.submit(TurnRequest("regenerate", self.session_id, message_id=user_id, sampling=self.sampling))
+        return self.client.submit(
+            TurnRequest("regenerate", self.session_id, message_id=user_id, sampling=self.sampling)
+        )
 
     def edit(self, message_id: int, text: str) -> TurnRequest | None:
         if self.client.busy or self.session_id is None or not text.strip():
             return None
-        req = TurnRequest("edit", self.session_id, text.strip(), message_id=message_id, sampling=self.sampling)
+        req = TurnRequest(
+            "edit", self.session_id, text.strip(), message_id=message_id, sampling=self.sampling
+        )
         return self.client.submit(req)
 
     def compare(self, user_id: int, answer_id: int) -> TurnRequest | None:
@@ -320,7 +347,9 @@ class MainWindow(QMainWindow):
 
     def _show_compare(self, user_id: int, left_id: int, right_id: int) -> None:
         store = self.store
-        dlg = CompareDialog(store.get_message(user_id), store.get_message(left_id), store.get_message(right_id), self)
+        dlg = CompareDialog(
+            store.get_message(user_id), store.get_message(left_id), store.get_message(right_id), self
+        )
         dlg.chosen.connect(lambda winner, loser: self._ranked(user_id, winner, loser))
         self.compare_dialog = dlg
         dlg.show()
@@ -334,6 +363,9 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Thanks: your choice is kept for fine-tuning.", 5000)
 
     # ---- model -----------------------------------------------------------------------------
+    def _loading(self, name: str) -> None:
+        self.top_bar.set_model_state(name or None, "loading…")
+
     def _loaded(self, name: str, n_ctx: int) -> None:
         self.top_bar.set_model_state(name, f"ready · context {n_ctx}")
         self.statusBar().showMessage(f"{name} loaded", 3000)
@@ -371,11 +403,15 @@ class MainWindow(QMainWindow):
     def _reload_sampling(self) -> None:
         from engine.setup import sampling_settings
 
-        self.sampling = sampling_settings(self.store)
+        self._sampling = sampling_settings(self.store)
 
     def _templates_saved(self, _name: str) -> None:
         self.client.reload_templates()
-        current = self.store.get_session(self.session_id)["template_set"] if self.session_id else self.draft_template
+        current = (
+            self.store.get_session(self.session_id)["template_set"]
+            if self.session_id
+            else self.draft_template
+        )
         self.top_bar.set_templates([(t.name, t.title) for t in self.templates], current)
 
     def set_theme(self, mode: str) -> None:
@@ -417,7 +453,9 @@ class MainWindow(QMainWindow):
 
     def ask_import(self) -> None:
         path = dialogs.open_path(
-            self, "Import chats", "Chats (*.json *.zip);;chatfactory JSON (*.json);;ChatGPT export (conversations.json *.zip)"
+            self,
+            "Import chats",
+            "Chats (*.json *.zip);;chatfactory JSON (*.json);;ChatGPT export (conversations.json *.zip)",
         )
         if path:
             self.import_from(path)
@@ -442,7 +480,9 @@ class MainWindow(QMainWindow):
     def _imported(self, result) -> None:
         self.sidebar.refresh()
         n = len(result.sessions)
-        self.statusBar().showMessage(f"Imported {n} chat{'s' if n != 1 else ''} ({result.messages} messages)", 8000)
+        self.statusBar().showMessage(
+            f"Imported {n} chat{'s' if n != 1 else ''} ({result.messages} messages)", 8000
+        )
         self.import_finished.emit(result)
 
     def _task_failed(self, title: str, message: str) -> None:
@@ -451,7 +491,7 @@ class MainWindow(QMainWindow):
         dialogs.error(self, title, message)
 
     # ---- closing ---------------------------------------------------------------------------
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt's name)
+    def closeEvent(self, event: QCloseEvent) -> None:
         """Stop the answer (kept as 'cancelled'), free the model, finish file tasks, close the store."""
         self.client.shutdown()
         tasks.wait_all()

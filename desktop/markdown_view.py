@@ -32,7 +32,9 @@ from PySide6.QtWidgets import (
 
 from desktop.syntax import CodeHighlighter
 
-_MD_FEATURES = QTextDocument.MarkdownFeature.MarkdownNoHTML | QTextDocument.MarkdownFeature.MarkdownDialectGitHub
+_MD_FEATURES = (
+    QTextDocument.MarkdownFeature.MarkdownNoHTML | QTextDocument.MarkdownFeature.MarkdownDialectGitHub
+)
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)[^`]*$")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(")
 
@@ -103,9 +105,9 @@ class SafeBrowser(QTextBrowser):
         self.document().documentLayout().documentSizeChanged.connect(self._fit)
         self.setFixedHeight(self._height_for(self.document().size().height()))
 
-    def loadResource(self, kind: int, url: QUrl):  # noqa: N802 (Qt's name)
+    def loadResource(self, kind: int, url: QUrl):
         """Nothing is ever loaded: no images, no style sheets, no files, no network."""
-        return None
+        return
 
     def _height_for(self, doc_height: float) -> int:
         extra = 2 * self.frameWidth()
@@ -119,7 +121,7 @@ class SafeBrowser(QTextBrowser):
         if h != self.height():
             self.setFixedHeight(h)
 
-    def resizeEvent(self, event) -> None:  # noqa: N802
+    def resizeEvent(self, event) -> None:
         super().resizeEvent(event)
         self._fit(self.document().size())
 

@@ -34,7 +34,9 @@ def moderation_notice(message: dict) -> str:
     if not message.get("flagged"):
         return ""
     mod = message.get("moderation") or {}
-    cats = ", ".join(mod.get("categories") or []) or ("a moderation error" if mod.get("failed_closed") else "")
+    cats = ", ".join(mod.get("categories") or []) or (
+        "a moderation error" if mod.get("failed_closed") else ""
+    )
     cats = f" ({cats})" if cats else ""
     if message["role"] == "user":
         return f"Flagged by moderation{cats}."
@@ -109,23 +111,8 @@ class MessageWidget(QFrame):
         self.body.link_clicked.connect(self.link_clicked)
         lay.addWidget(self.body)
 
-        self.editor = QPlainTextEdit()
-        self.editor.setAccessibleName("Edit message")
-        self.editor.setMaximumHeight(140)
-        self.editor_bar = QWidget()
-        bar = QHBoxLayout(self.editor_bar)
-        bar.setContentsMargins(0, 0, 0, 0)
-        self.edit_send = QPushButton("Send")
-        self.edit_send.setAccessibleName("Send edited message")
-        self.edit_cancel = QPushButton("Cancel")
-        self.edit_cancel.setAccessibleName("Cancel editing")
-        bar.addStretch(1)
-        bar.addWidget(self.edit_cancel)
-        bar.addWidget(self.edit_send)
-        self.edit_send.clicked.connect(self._submit_edit)
-        self.edit_cancel.clicked.connect(lambda: self.set_editing(False))
-        lay.addWidget(self.editor)
-        lay.addWidget(self.editor_bar)
+        self.editor: QPlainTextEdit | None = None  # built on first Edit (most messages never are)
+        self._body_layout = lay
 
         self.footer = QLabel()
         self.footer.setStyleSheet("color: palette(placeholder-text);")
@@ -138,14 +125,18 @@ class MessageWidget(QFrame):
         self.copy_button.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.message["content"]))
         self.action_buttons: list[QToolButton] = []
         if message["role"] == "user":
-            self.edit_button = _tool("Edit", "Edit and resend", "Edit this message and send it again (a new branch)")
+            self.edit_button = _tool(
+                "Edit", "Edit and resend", "Edit this message and send it again (a new branch)"
+            )
             self.edit_button.clicked.connect(lambda: self.set_editing(True))
             actions.addWidget(self.edit_button)
             self.action_buttons.append(self.edit_button)
             actions.addWidget(self.copy_button)
         else:
             actions.addWidget(self.copy_button)
-            self.regenerate_button = _tool("Regenerate", "Regenerate answer", "Write another answer (a new branch)")
+            self.regenerate_button = _tool(
+                "Regenerate", "Regenerate answer", "Write another answer (a new branch)"
+            )
             self.regenerate_button.clicked.connect(self._regenerate)
             self.compare_button = _tool(
                 "Compare", "Compare answers", "Write a second answer and pick the better one"
@@ -162,11 +153,12 @@ class MessageWidget(QFrame):
         actions.addStretch(1)
         lay.addLayout(actions)
 
-        self.set_editing(False)
         self.set_message(message, siblings, rating)
 
     # ---- content ---------------------------------------------------------------------------
-    def set_message(self, message: dict, siblings: list[int] | None = None, rating: int | None = None) -> None:
+    def set_message(
+        self, message: dict, siblings: list[int] | None = None, rating: int | None = None
+    ) -> None:
         """Show a stored row (after a turn ended, or when the conversation is loaded)."""
         self.message = message
         if siblings is not None:
@@ -237,7 +229,31 @@ class MessageWidget(QFrame):
         self.down_button.setChecked(value < 0)
         self.feedback_given.emit(self.message["id"], value)
 
+    def _build_editor(self) -> None:
+        self.editor = QPlainTextEdit()
+        self.editor.setAccessibleName("Edit message")
+        self.editor.setMaximumHeight(140)
+        self.editor_bar = QWidget()
+        bar = QHBoxLayout(self.editor_bar)
+        bar.setContentsMargins(0, 0, 0, 0)
+        self.edit_send = QPushButton("Send")
+        self.edit_send.setAccessibleName("Send edited message")
+        self.edit_cancel = QPushButton("Cancel")
+        self.edit_cancel.setAccessibleName("Cancel editing")
+        bar.addStretch(1)
+        bar.addWidget(self.edit_cancel)
+        bar.addWidget(self.edit_send)
+        self.edit_send.clicked.connect(self._submit_edit)
+        self.edit_cancel.clicked.connect(lambda: self.set_editing(False))
+        at = self._body_layout.indexOf(self.body) + 1
+        self._body_layout.insertWidget(at, self.editor)
+        self._body_layout.insertWidget(at + 1, self.editor_bar)
+
     def set_editing(self, on: bool) -> None:
+        if self.editor is None:
+            if not on:
+                return
+            self._build_editor()
         if on:
             self.editor.setPlainText(self.message["content"])
             self.editor.setFocus()

@@ -52,13 +52,13 @@ class SessionModel(QAbstractListModel):
         self.rows = self.store.list_sessions(limit=PAGE, offset=0, archived=self.archived)
         self.endResetModel()
 
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: N802, B008
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.rows)
 
-    def canFetchMore(self, parent: QModelIndex = QModelIndex()) -> bool:  # noqa: N802, B008
+    def canFetchMore(self, parent: QModelIndex = QModelIndex()) -> bool:  # noqa: B008
         return not parent.isValid() and len(self.rows) < self.total
 
-    def fetchMore(self, parent: QModelIndex = QModelIndex()) -> None:  # noqa: N802, B008
+    def fetchMore(self, parent: QModelIndex = QModelIndex()) -> None:  # noqa: B008
         more = self.store.list_sessions(limit=PAGE, offset=len(self.rows), archived=self.archived)
         if not more:
             self.total = len(self.rows)
@@ -85,7 +85,7 @@ class SessionModel(QAbstractListModel):
     def flags(self, index: QModelIndex) -> Qt.ItemFlag:
         return super().flags(index) | Qt.ItemFlag.ItemIsEditable
 
-    def setData(self, index: QModelIndex, value, role: int = Qt.ItemDataRole.EditRole) -> bool:  # noqa: N802
+    def setData(self, index: QModelIndex, value, role: int = Qt.ItemDataRole.EditRole) -> bool:
         title = str(value).strip()
         if role != Qt.ItemDataRole.EditRole or not index.isValid() or not title:
             return False
@@ -237,7 +237,9 @@ class SessionSidebar(QWidget):
         if session_id == self.busy_session:
             return False
         title = self.store.get_session(session_id)["title"]
-        if not dialogs.confirm(self, "Delete chat?", f"Delete “{title}” and all its messages? This cannot be undone."):
+        if not dialogs.confirm(
+            self, "Delete chat?", f"Delete “{title}” and all its messages? This cannot be undone."
+        ):
             return False
         self.store.delete_session(session_id)
         if self.current_id == session_id:

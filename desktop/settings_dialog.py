@@ -70,7 +70,9 @@ class SettingsDialog(QDialog):
         tabs.addTab(self._general(), "General")
         tabs.addTab(self._templates_tab(), "Hidden instructions")
         tabs.addTab(self._moderation_tab(), "Moderation")
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons = QDialogButtonBox(
+            QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel
+        )
         buttons.accepted.connect(self.save)
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
@@ -110,7 +112,9 @@ class SettingsDialog(QDialog):
         path = self.store.path.parent
         self.data_folder = QLabel(str(path))
         self.data_folder.setAccessibleName("Data folder")
-        self.data_folder.setTextInteractionFlags(self.data_folder.textInteractionFlags().TextSelectableByMouse)
+        self.data_folder.setTextInteractionFlags(
+            self.data_folder.textInteractionFlags().TextSelectableByMouse
+        )
         open_button = QPushButton("Open")
         open_button.setAccessibleName("Open data folder")
         open_button.clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(path))))

@@ -69,7 +69,7 @@ class CodeHighlighter(QSyntaxHighlighter):
         self._comment = _LINE_COMMENT.get(lang, "//") if lang else None
         self.rehighlight()
 
-    def highlightBlock(self, text: str) -> None:  # noqa: N802 (Qt's name)
+    def highlightBlock(self, text: str) -> None:
         if not text:
             return
         if self._keywords is not None:

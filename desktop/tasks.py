@@ -19,8 +19,18 @@ _running: set[Task] = set()  # keeps each Task alive until its signal was delive
 
 
 class Task(QObject):
+    """Lives on the GUI thread; its signals are emitted from the pool and queued to it."""
+
     done = Signal(object)
     failed = Signal(str)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done.connect(self._forget)
+        self.failed.connect(self._forget)
+
+    def _forget(self, *_: object) -> None:
+        _running.discard(self)
 
 
 class _Runnable(QRunnable):
@@ -31,7 +41,7 @@ class _Runnable(QRunnable):
     def run(self) -> None:
         try:
             result = self.fn()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported to the GUI as `failed`, never lost in a pool thread
             log.warning("background task failed: %s", e)
             self.task.failed.emit(str(e) or type(e).__name__)
         else:
@@ -41,8 +51,6 @@ class _Runnable(QRunnable):
 def run_in_background(fn: Callable[[], Any]) -> Task:
     task = Task()
     _running.add(task)
-    task.done.connect(lambda _r: _running.discard(task))
-    task.failed.connect(lambda _m: _running.discard(task))
     QThreadPool.globalInstance().start(_Runnable(fn, task))
     return task
 

@@ -80,7 +80,9 @@ class TopBar(QWidget):
         self._prompt_tokens, self._n_ctx = data.get("prompt_tokens", 0), data.get("n_ctx", 0)
         dropped = data.get("dropped", 0)
         self.dropped.setText(
-            f"{dropped} older message{'s' if dropped != 1 else ''} left out to fit the context window" if dropped else ""
+            f"{dropped} older message{'s' if dropped != 1 else ''} left out to fit the context window"
+            if dropped
+            else ""
         )
         self.dropped.setVisible(bool(dropped))
         self._show(None)
