@@ -57,7 +57,7 @@ def main() -> None:
     runtime = LlamaRuntime(path, settings, name=name)
     threads = settings.threads()
     raw = llama_cpp.Llama(model_path=str(path), n_ctx=2048, n_threads=threads[0], n_threads_batch=threads[1],
-                          n_batch=settings.n_batch, verbose=False)  # fmt: skip
+                          n_batch=settings.n_batch, flash_attn=settings.flash_attn, verbose=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "bench.db")
         chat = Chat(store, runtime, Moderator.from_config(None), TemplateLibrary.load())

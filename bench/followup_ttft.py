@@ -99,7 +99,7 @@ def main() -> None:
     runtime = LlamaRuntime(path, settings, name=name)
     n_threads, n_batch_threads = settings.threads()
     raw = llama_cpp.Llama(model_path=str(path), n_ctx=4096, n_threads=n_threads, n_threads_batch=n_batch_threads,
-                          n_batch=settings.n_batch, verbose=False)  # fmt: skip
+                          n_batch=settings.n_batch, flash_attn=settings.flash_attn, verbose=False)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(Path(tmp) / "bench.db")
         chat = Chat(store, runtime, Moderator.from_config(None), TemplateLibrary.load(), SAMPLING)

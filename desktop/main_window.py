@@ -40,6 +40,7 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.store, self.templates, self.client = store, templates, client
         self._sampling = None  # see `sampling`
+        self.closed = False  # set when the window closed its store
         self.session_id: int | None = None
         self.draft_template = "default"
         self._compare: tuple[int, int] | None = None  # (user id, first answer id) while comparing
@@ -171,6 +172,8 @@ class MainWindow(QMainWindow):
         w.failed.connect(self._failed)
 
     def _fill_models(self) -> None:
+        if self.closed:
+            return
         self.top_bar.set_models(
             self._model_names(), self.client.model_name or self.store.get_setting("model")
         )
@@ -441,11 +444,8 @@ class MainWindow(QMainWindow):
             with Store.open(db, mark_interrupted=False) as s:
                 return str(export_to_file(s, path, fmt, session_ids))
 
-        task = tasks.run_in_background(work)
-        task.done.connect(self._exported)
-        task.failed.connect(lambda m: self._task_failed("Export failed", m))
         self.statusBar().showMessage("Exporting…")
-        return task
+        return tasks.run_in_background(work, self._exported, self._export_failed)  # bound methods: GUI thread
 
     def _exported(self, path: str) -> None:
         self.statusBar().showMessage(f"Exported to {path}", 8000)
@@ -471,11 +471,8 @@ class MainWindow(QMainWindow):
             with Store.open(db, mark_interrupted=False) as s:
                 return import_file(s, path)
 
-        task = tasks.run_in_background(work)
-        task.done.connect(self._imported)
-        task.failed.connect(lambda m: self._task_failed("Import failed", m))
         self.statusBar().showMessage("Importing…")
-        return task
+        return tasks.run_in_background(work, self._imported, self._import_failed)
 
     def _imported(self, result) -> None:
         self.sidebar.refresh()
@@ -485,6 +482,12 @@ class MainWindow(QMainWindow):
         )
         self.import_finished.emit(result)
 
+    def _export_failed(self, message: str) -> None:
+        self._task_failed("Export failed", message)
+
+    def _import_failed(self, message: str) -> None:
+        self._task_failed("Import failed", message)
+
     def _task_failed(self, title: str, message: str) -> None:
         self.statusBar().showMessage(f"{title}: {message}")
         self.task_failed.emit(message)
@@ -493,6 +496,8 @@ class MainWindow(QMainWindow):
     # ---- closing ---------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:
         """Stop the answer (kept as 'cancelled'), free the model, finish file tasks, close the store."""
+        self.closed = True
+        self._live.stop()
         self.client.shutdown()
         tasks.wait_all()
         self.store.close()

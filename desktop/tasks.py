@@ -2,8 +2,10 @@
 thread and come back with the result.
 
 `run_in_background(fn)` runs `fn()` on Qt's global thread pool and returns a `Task` whose
-`done(result)` / `failed(message)` signals arrive on the GUI thread. `fn` must not touch
-widgets, and must open its own store connection (a sqlite3 connection belongs to its thread).
+`done(result)` / `failed(message)` signals arrive on the GUI thread when connected to a bound
+method of a GUI-thread QObject (PySide6 runs a lambda in the emitting pool thread instead).
+`fn` must not touch widgets, and must open its own store connection (a sqlite3 connection
+belongs to its thread).
 """
 
 from __future__ import annotations
@@ -48,9 +50,19 @@ class _Runnable(QRunnable):
             self.task.done.emit(result)
 
 
-def run_in_background(fn: Callable[[], Any]) -> Task:
+def run_in_background(
+    fn: Callable[[], Any],
+    done: Callable[[Any], None] | None = None,
+    failed: Callable[[str], None] | None = None,
+) -> Task:
+    """Start `fn` in the pool; `done` / `failed` are connected before it starts (a fast failure
+    must not fire before anyone listens)."""
     task = Task()
     _running.add(task)
+    if done is not None:
+        task.done.connect(done)
+    if failed is not None:
+        task.failed.connect(failed)
     QThreadPool.globalInstance().start(_Runnable(fn, task))
     return task
 

@@ -150,7 +150,7 @@ class LlamaRuntime:
             return llama_cpp.Llama(
                 model_path=str(self.path), n_ctx=self.settings.n_ctx, n_batch=self.settings.n_batch,
                 n_ubatch=self.settings.n_batch, n_threads=n_threads, n_threads_batch=n_threads_batch,
-                n_gpu_layers=self.settings.n_gpu_layers, verbose=False,
+                n_gpu_layers=self.settings.n_gpu_layers, flash_attn=self.settings.flash_attn, verbose=False,
             )  # fmt: skip
         except (ValueError, RuntimeError, OSError) as e:
             arch = self.info.architecture

@@ -27,6 +27,7 @@ class RuntimeSettings:
     n_threads_batch: int = 0  # prompt processing; 0 = same as n_threads
     n_gpu_layers: int = 0  # layers offloaded to a GPU (llama.cpp's n_gpu_layers; -1 = all)
     n_batch: int = 256  # prompt tokens per llama_decode call: also the granularity of Stop
+    flash_attn: bool = True  # faster prefill and decode on this CPU (bench/threads.py)
     session_cache_mb: int = 256  # KV states of recently used sessions kept in RAM
 
     def threads(self) -> tuple[int, int]:
@@ -65,6 +66,11 @@ def _known(cls: type, data: dict[str, Any] | None) -> dict[str, Any]:
     for f in fields(cls):
         if data and f.name in data:
             value = data[f.name]
+            if f.type in ("bool", bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{cls.__name__}.{f.name}: expected true or false, got {value!r}")
+                out[f.name] = value
+                continue
             want = int if f.type in ("int", int) else float
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"{cls.__name__}.{f.name}: expected a number, got {value!r}")

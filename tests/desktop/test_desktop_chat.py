@@ -226,3 +226,29 @@ def test_model_html_is_shown_as_text(chat, text):
     view = MarkdownView()
     view.set_markdown(text)
     assert view.blocks()[0].toPlainText() == text
+
+
+def test_context_overflow_is_a_message_not_a_crash(chat, turns, qtbot):
+    chat.sampling.max_tokens = 100_000  # more than the whole context window
+    with qtbot.waitSignal(chat.client.signals.failed, timeout=30_000) as failed:
+        chat.send("Hello?")
+    assert "context window" in failed.args[1]
+    assert chat.chat_view.error_label.isVisible()
+    assert "context window" in chat.statusBar().currentMessage()
+    chat.sampling.max_tokens = 16
+    assert turns.send("Hello again?")["content"].strip()
+
+
+def test_a_model_that_fails_to_load_is_reported_then_replaced(chat, qtbot, tmp_path):
+    client = chat.client
+    missing = str(tmp_path / "missing.gguf")
+    with qtbot.waitSignal(client.load_failed, timeout=30_000) as failed:
+        client.switch_model(missing)
+    assert "missing.gguf" in failed.args[0]
+    assert chat.top_bar.model_state.text() == "not loaded"
+    with qtbot.waitSignal(client.failed, timeout=30_000) as turn:
+        chat.send("Anyone there?")
+    assert "missing.gguf" in turn.args[1]
+    with qtbot.waitSignal(client.loaded, timeout=60_000):
+        client.switch_model("smollm2-135m-instruct")
+    assert chat.top_bar.model_state.text().startswith("ready")
