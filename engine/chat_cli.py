@@ -33,6 +33,9 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     # a terminal chat may run beside the app: it must not mark the app's live answer interrupted
     chat = open_chat(args.model, args.db, mark_interrupted=False)
+    if chat.store.recovered_from:
+        print(f"chatfactory: the database was damaged; it was set aside as {chat.store.recovered_from} "
+              f"and a new one started at {chat.store.path}", file=sys.stderr)  # fmt: skip
     try:
         sampling = chat.sampling
         if args.max_tokens:
