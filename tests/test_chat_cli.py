@@ -77,3 +77,15 @@ def test_models_list_add_and_info(tmp_path, smollm2_path, capsys):
     bad.write_bytes(b"not a model")
     assert main(["models", "add", str(bad)]) == 1
     assert "bad.gguf: not a GGUF file" in capsys.readouterr().err
+
+
+def test_interactive_chat_commands(isolated_home):
+    env = {**os.environ, "CHATFACTORY_HOME": str(isolated_home)}
+    script = "What is the capital of France?\n/history\n/new\n/sessions\n/quit\n"
+    res = subprocess.run([sys.executable, "-m", "engine.cli", "chat", "--max-tokens", "24", "--seed", "1"],
+                         input=script, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "user: What is the capital of France?" in out and "assistant: " in out
+    assert "new session 2" in out
+    assert "What is the capital of France?" in out.split("new session 2")[1]  # /sessions lists the first

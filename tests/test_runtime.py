@@ -208,3 +208,25 @@ def test_absurd_tensor_sizes_are_refused(tmp_path, smollm2_path):
     bad.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match=r"huge\.gguf: tensor token_embd\.weight: impossible size"):
         LlamaRuntime(bad)
+
+
+def test_two_requests_never_run_together(runtime):
+    """One Llama, one answer at a time: a second request waits for the first to finish."""
+    spans = {}
+
+    def run(name, text):
+        gen = runtime.generate(runtime.build_prompt(convo(text), 12).tokens, Sampling(max_tokens=12, seed=1))
+        it = iter(gen)
+        first = next(it, None)
+        start = time.perf_counter()
+        for _ in it:
+            pass
+        spans[name] = (start, time.perf_counter(), first)
+
+    threads = [threading.Thread(target=run, args=(n, f"Say something about {n}.")) for n in ("cats", "dogs")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (a0, a1, _), (b0, b1, _) = sorted(spans.values())
+    assert a1 <= b0  # the second one's tokens all come after the first one ended
