@@ -27,7 +27,7 @@ NO_NETWORK = textwrap.dedent(
 def run_cli(*args: str, home) -> subprocess.CompletedProcess:
     env = {**os.environ, "CHATFACTORY_HOME": str(home)}
     return subprocess.run(
-        [sys.executable, "-c", NO_NETWORK, *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", NO_NETWORK, *args], capture_output=True, text=True, env=env, timeout=300, check=False
     )
 
 
@@ -83,7 +83,7 @@ def test_interactive_chat_commands(isolated_home):
     env = {**os.environ, "CHATFACTORY_HOME": str(isolated_home)}
     script = "What is the capital of France?\n/history\n/new\n/sessions\n/quit\n"
     res = subprocess.run([sys.executable, "-m", "engine.cli", "chat", "--max-tokens", "24", "--seed", "1"],
-                         input=script, capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+                         input=script, capture_output=True, text=True, env=env, timeout=300, check=False)  # fmt: skip
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert "user: What is the capital of France?" in out and "assistant: " in out
