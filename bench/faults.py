@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from fault_drill import kill_drill  # noqa: E402
+from fault_drill import kill_drill
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from PySide6.QtCore import QTimer, QUrl, Signal
-from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QMainWindow, QSplitter, QTabWidget, QVBoxLayout, QWidget
 
 from desktop import dialogs, tasks, theme
@@ -158,6 +158,7 @@ class MainWindow(QMainWindow):
         self.top_bar.model_chosen.connect(self.client.switch_model)
         self.top_bar.template_chosen.connect(self.set_template)
         self.client.busy_changed.connect(self._busy)
+        QGuiApplication.styleHints().colorSchemeChanged.connect(self._system_theme_changed)
         w.loading.connect(self._loading)
         w.loaded.connect(self._loaded)
         w.load_failed.connect(self._load_failed)
@@ -422,6 +423,17 @@ class MainWindow(QMainWindow):
         self.store.set_setting("theme", mode)
         if mode in self.theme_actions:
             self.theme_actions[mode].setChecked(True)
+        self._restyle()
+
+    def _system_theme_changed(self, _scheme=None) -> None:
+        if theme.current_mode() == "system":
+            self._restyle()
+
+    def _restyle(self) -> None:
+        """Rebuild the shown messages: Markdown link colours and style sheets are resolved from
+        the palette when a message is rendered. Skipped mid-answer; the next chat opened is fresh."""
+        if not self.client.busy:
+            self.chat_view.show_session(self.session_id)
 
     def _link(self, url: QUrl) -> None:
         dialogs.open_link(self, url)

@@ -142,8 +142,9 @@ class MessageWidget(QFrame):
                 "Compare", "Compare answers", "Write a second answer and pick the better one"
             )
             self.compare_button.clicked.connect(self._compare)
-            self.up_button = _tool("👍", "Thumbs up", "A good answer")
-            self.down_button = _tool("👎", "Thumbs down", "A bad answer")
+            # words, not emoji: minimal Linux installs have no emoji font (the thumbs became boxes)
+            self.up_button = _tool("Good", "Thumbs up", "A good answer (kept for fine-tuning)")
+            self.down_button = _tool("Bad", "Thumbs down", "A bad answer (kept for fine-tuning)")
             for b, value in ((self.up_button, 1), (self.down_button, -1)):
                 b.setCheckable(True)
                 b.clicked.connect(lambda checked, v=value: self._rate(v if checked else 0))

@@ -37,5 +37,5 @@ def finetune_page() -> PlaceholderPage:
         "Fine-tuning",
         "Teach your own model on this machine (SFT on your demonstrations, a reward model from your "
         "rankings, PPO or DPO): coming in a later version. The answers you rank with Compare and rate "
-        "with 👍/👎 are already kept for it.",
+        "with Good / Bad are already kept for it.",
     )

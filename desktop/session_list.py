@@ -72,7 +72,7 @@ class SessionModel(QAbstractListModel):
             return None
         s = self.rows[index.row()]
         if role == Qt.ItemDataRole.DisplayRole:
-            return ("📌 " if s["pinned"] else "") + (s["title"] or "Untitled")
+            return ("★ " if s["pinned"] else "") + (s["title"] or "Untitled")
         if role == Qt.ItemDataRole.EditRole:
             return s["title"]
         if role == Qt.ItemDataRole.ToolTipRole:

@@ -107,7 +107,7 @@ def test_rename_pin_delete_persist_after_restart(qapp, desktop_home, qtbot, yes)
     rows = second.sidebar.model.rows
     assert [r["id"] for r in rows] == [a, b]
     assert rows[0]["title"] == "Alpha renamed" and rows[0]["pinned"]
-    assert second.sidebar.model.index(0).data().startswith("📌")
+    assert second.sidebar.model.index(0).data().startswith("★")
     second.close()
 
 
