@@ -11,7 +11,7 @@ TORCH      ?= torch==2.13.0
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export CMAKE_ARGS
 
-.PHONY: venv run chat test test-all lint rebuild-llama clean
+.PHONY: venv run chat test test-all lint package rebuild-llama clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,8 +38,12 @@ test-all: venv
 lint: venv
 	$(VENV)/bin/ruff check engine desktop tests bench
 
+package: venv
+	$(PY) -m pip install -q 'pyinstaller>=6'
+	packaging/build_linux.sh $(PY)
+
 rebuild-llama: venv
 	$(PY) -m pip install --no-cache-dir --force-reinstall --no-deps llama-cpp-python
 
 clean:
-	rm -rf $(VENV) runs test-artifacts
+	rm -rf $(VENV) runs test-artifacts build dist

@@ -3,8 +3,8 @@
 llama.cpp's context is not thread-safe and a sqlite3 connection belongs to the thread that made
 it, so everything the engine does for a turn happens on this one thread: the worker opens its
 own `Chat` (model, store connection, moderator, templates) in `open()`, which runs after the
-thread has started. The GUI talks to it only through queued signals (`InferenceClient`), and
-hears back through the worker's signals, which Qt delivers on the GUI thread.
+thread has started. The GUI talks to it only through queued signals, via `InferenceClient`,
+which also re-emits the worker's signals on the GUI thread for the rest of the GUI.
 
 Stop is a `threading.Event` per request, set from the GUI thread: the engine checks it on every
 token and llama.cpp's abort callback checks it during prompt processing, so the GUI never waits.
@@ -71,7 +71,12 @@ class InferenceWorker(QObject):
             log.exception("the inference worker could not open the store")
             self._fail_load(f"cannot open the database: {e}")
             return
-        self._load(model or self.chat.store.get_setting("model"))
+        last_used = self.chat.store.get_setting("model")
+        self._load(model or last_used)
+        if self.chat.runtime is None and not model and last_used:
+            # the last used model is gone (file moved, registry entry removed): the bundled one still chats
+            log.warning("last used model %r did not load; falling back to the bundled model", last_used)
+            self._load(None)
 
     @Slot(object)
     def switch_model(self, model: str | None) -> None:

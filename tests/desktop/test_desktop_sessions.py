@@ -288,3 +288,19 @@ def test_pages_and_new_chat_shortcut(browse, qtbot):
     assert shown.args == [None] and browse.session_id is None
     for w in (browse.composer.edit, browse.composer.send_button, browse.sidebar.search, browse.sidebar.view):
         assert w.accessibleName()
+
+
+def test_a_vanished_last_model_falls_back_to_the_bundled_one(qapp, desktop_home, qtbot):
+    from desktop.app import create_window
+    from engine.store import Store
+
+    db = desktop_home / "fallback.db"
+    with Store.open(db) as store:
+        store.set_setting("model", str(desktop_home / "gone.gguf"))
+    win = create_window(db)  # the worker is asked to load after the event loop runs again
+    try:
+        with qtbot.waitSignal(win.client.loaded, timeout=60_000) as loaded:
+            pass
+        assert loaded.args[0] == "smollm2-135m-instruct"
+    finally:
+        win.close()
