@@ -11,7 +11,7 @@ TORCH      ?= torch==2.13.0
 CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export CMAKE_ARGS
 
-.PHONY: venv run chat test test-all lint package rebuild-llama clean
+.PHONY: venv run chat test test-all lint package screenshots rebuild-llama clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,10 @@ test-all: venv
 
 lint: venv
 	$(VENV)/bin/ruff check engine desktop tests bench
+
+# the main window in light and dark themes, under Xvfb (apt-get install xvfb xauth libxcb-icccm4 libxcb-keysyms1)
+screenshots: venv
+	xvfb-run -a -s "-screen 0 1400x900x24" $(PY) -m desktop.screenshots --out docs/screenshots
 
 package: venv
 	$(PY) -m pip install -q 'pyinstaller>=6'

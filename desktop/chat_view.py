@@ -97,6 +97,7 @@ class ChatView(QScrollArea):
     def _clear(self) -> None:
         for w in self.widgets:
             self._layout.removeWidget(w)
+            w.hide()  # deleteLater waits for the event loop; until then it must not be painted
             w.deleteLater()
         self.widgets = []
 
