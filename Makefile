@@ -40,7 +40,7 @@ lint: venv
 
 # the main window in light and dark themes, under Xvfb (apt-get install xvfb xauth libxcb-icccm4 libxcb-keysyms1)
 screenshots: venv
-	xvfb-run -a -s "-screen 0 1400x900x24" $(PY) -m desktop.screenshots --out docs/screenshots
+	xvfb-run -a -s "-screen 0 1400x900x24" $(PY) -m desktop.screenshots --out assets/screenshots
 
 package: venv
 	$(PY) -m pip install -q 'pyinstaller>=6'

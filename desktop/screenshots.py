@@ -1,6 +1,6 @@
 """`make screenshots`: the main window with a realistic conversation, as PNG, light and dark.
 
-    python -m desktop.screenshots [--out docs/screenshots]
+    python -m desktop.screenshots [--out assets/screenshots]
 
 Runs under Xvfb (the Makefile starts it) or offscreen. The conversation is stored through the
 store as the app stores it, so the pictures show real rendering: a Markdown list, a code block,
@@ -57,7 +57,7 @@ def fill(store, templates) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="docs/screenshots")
+    ap.add_argument("--out", default="assets/screenshots")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
