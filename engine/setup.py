@@ -41,7 +41,7 @@ def open_chat(
     """The chat engine over the user's store; the model is the one given, else the last used."""
     store = Store.open(db, mark_interrupted=mark_interrupted)
     templates = TemplateLibrary.load()
-    moderator = Moderator.from_config(moderation_config)
+    moderator = Moderator.from_config(moderation_config, store.get_setting("moderation"))
     runtime = None
     if load_model:
         runtime = load_runtime(model or store.get_setting("model"), runtime_settings(store))

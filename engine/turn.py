@@ -63,11 +63,13 @@ def verdict_dict(stage: str, result: ModerationResult) -> dict[str, Any]:
     return out
 
 
-def failure_result(error: BaseException) -> ModerationResult:
-    """The verdict when the moderator itself failed: flagged (fail closed)."""
+def failure_result(error: BaseException, fail_closed: bool = True) -> ModerationResult:
+    """The verdict when the moderator itself failed: flagged (fail closed, the default) or, when
+    the user turned fail-closed off in Settings, passed with the error recorded."""
     return ModerationResult(
-        flagged=True, categories=dict.fromkeys(CATEGORIES, False), category_scores=dict.fromkeys(CATEGORIES, 0.0),
-        details={"errors": [f"{type(error).__name__}: {error}"], "failed_closed": True},
+        flagged=fail_closed, categories=dict.fromkeys(CATEGORIES, False),
+        category_scores=dict.fromkeys(CATEGORIES, 0.0),
+        details={"errors": [f"{type(error).__name__}: {error}"], "failed_closed": fail_closed},
     )  # fmt: skip
 
 
@@ -183,12 +185,16 @@ class Chat:
         day = datetime.date.fromtimestamp(float(session.get("created") or time.time())).isoformat()
         return {"date": day, "model": session.get("model") or (self.runtime.name if self.runtime else "")}
 
+    @property
+    def fail_closed(self) -> bool:
+        return getattr(self.moderator, "fail_closed", True)
+
     def _moderate(self, fn, *args) -> ModerationResult:
         try:
             return fn(*args)
-        except Exception as e:  # fail closed: an unchecked text is never shown
-            log.exception("moderation failed; failing closed")
-            return failure_result(e)
+        except Exception as e:  # fail closed (by default): an unchecked text is never shown
+            log.exception("moderation failed (%s)", "failing closed" if self.fail_closed else "failing open")
+            return failure_result(e, self.fail_closed)
 
     def _answer(
         self, session_id: int, user_id: int, text: str, ts: TemplateSet, cancel, sampling
@@ -247,10 +253,12 @@ class Chat:
         store, runtime = self.store, self.runtime
         try:
             watcher = self.moderator.stream(text)
-        except Exception as e:  # fail closed: no answer can be checked, so none is generated
+        except Exception as e:
             log.exception("output moderation could not start")
-            yield from self._flag(aid, ts, failure_result(e), t0)
-            return
+            if self.fail_closed:  # no answer can be checked, so none is generated
+                yield from self._flag(aid, ts, failure_result(e), t0)
+                return
+            watcher = None  # failing open: the answer streams unchecked
         flag: ModerationResult | None = None
         last: ModerationResult | None = None
         gen = runtime.generate(prompt.tokens, sampling, cancel, session=session_id)
@@ -258,11 +266,17 @@ class Chat:
         stream = iter(gen)
         try:
             for delta in stream:
-                try:
-                    released, res = watcher.feed(delta)
-                except Exception as e:
-                    log.exception("output moderation failed mid-stream")
-                    released, res = "", failure_result(e)
+                if watcher is None:  # failing open after a moderation error
+                    released, res = delta, None
+                else:
+                    try:
+                        released, res = watcher.feed(delta)
+                    except Exception as e:
+                        log.exception("output moderation failed mid-stream")
+                        res = failure_result(e, self.fail_closed)
+                        released = "" if res.flagged else watcher.pending  # it holds this delta too
+                        if not res.flagged:
+                            watcher, last, res = None, res, None
                 if res is not None:
                     last = res
                 if res is not None and res.flagged:
@@ -278,12 +292,13 @@ class Chat:
         finally:
             stream.close()  # stops generation (a flag, or the caller went away)
         stats = gen.stats
-        if flag is None:
+        if flag is None and watcher is not None:
             try:
                 released, res = watcher.finish()
             except Exception as e:
                 log.exception("output moderation failed at the end of a stream")
-                released, res = "", failure_result(e)
+                res = failure_result(e, self.fail_closed)
+                released = "" if res.flagged else watcher.pending
             last = res
             if res.flagged:
                 flag = res

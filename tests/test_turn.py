@@ -189,3 +189,32 @@ def test_empty_message_is_refused(chat):
 def test_titles():
     assert title_from("  What is   the capital of France?\n") == "What is the capital of France?"
     assert title_from("word " * 40).endswith("…") and len(title_from("word " * 40)) <= 49
+
+
+def test_fail_open_when_the_user_chose_it(chat, monkeypatch):
+    monkeypatch.setattr(chat.moderator, "policy", chat.moderator.policy.with_user_settings({"fail_closed": False}))
+
+    def boom(text):
+        raise RuntimeError("classifier crashed")
+
+    monkeypatch.setattr(chat.moderator, "moderate", boom)
+    sid = chat.new_session()
+    evs = events(chat.send(sid, "What is the capital of France?"))
+    user, bot = chat.store.branch(sid)
+    assert not user["flagged"] and user["moderation"]["errors"]
+    assert not bot["flagged"] and bot["content"] and [e for e in evs if e.kind == "delta"]
+
+
+def test_user_moderation_settings():
+    from engine.moderation import Moderator
+
+    strict = Moderator.from_config(None)
+    assert strict.moderate(FLAGGED).flagged and strict.fail_closed
+    off = Moderator.from_config(None, {"disabled": ["illicit", "illicit/violent", "violence"], "fail_closed": False})
+    assert not off.fail_closed
+    res = off.moderate(FLAGGED)
+    assert not any(res.categories[c] for c in ("illicit", "illicit/violent", "violence"))
+    with pytest.raises(ValueError, match="thresholds.hate: expected a number"):
+        Moderator.from_config(None, {"thresholds": {"hate": 3}})
+    with pytest.raises(ValueError, match="unknown categories"):
+        Moderator.from_config(None, {"disabled": ["spam"]})

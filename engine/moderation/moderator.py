@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,33 @@ class Policy:
     on_error: str = "flag"
     context: dict[str, Any] = field(default_factory=dict)
     stream: dict[str, int] = field(default_factory=dict)
+    disabled: list[str] = field(default_factory=list)  # categories that never flag (the user's choice)
+
+    def with_user_settings(self, settings: dict[str, Any] | None) -> Policy:
+        """The policy with the app's Settings applied: `{"disabled": [category, ...],
+        "thresholds": {category: 0..1}, "fail_closed": bool}` (each optional)."""
+        if not settings:
+            return self
+        if not isinstance(settings, dict):
+            raise ValueError(f"moderation settings: expected an object, got {type(settings).__name__}")  # noqa: TRY004
+        unknown = set(settings) - {"disabled", "thresholds", "fail_closed"}
+        if unknown:
+            raise ValueError(f"moderation settings: unknown keys {sorted(unknown)}")
+        disabled = list(settings.get("disabled", self.disabled))
+        bad = [c for c in disabled if c not in CATEGORIES]
+        if bad:
+            raise ValueError(f"moderation settings: disabled: unknown categories {bad}")
+        thresholds = dict(self.thresholds)
+        for cat, value in (settings.get("thresholds") or {}).items():
+            if cat not in CATEGORIES and cat != "default":
+                raise ValueError(f"moderation settings: thresholds: unknown category {cat!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"moderation settings: thresholds.{cat}: expected a number in (0, 1], got {value!r}")
+            thresholds[cat] = float(value)
+        on_error = self.on_error
+        if "fail_closed" in settings:
+            on_error = "flag" if settings["fail_closed"] else "ignore"
+        return replace(self, thresholds=thresholds, disabled=disabled, on_error=on_error)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Policy:
@@ -89,9 +116,13 @@ class Moderator:
         self.layers = [(build_layer(spec), float(spec.get("weight", 1.0))) for spec in policy.layers]
 
     @classmethod
-    def from_config(cls, path: str | Path | None = None) -> Moderator:
-        """None = the shipped default policy."""
-        return cls(Policy.load(path))
+    def from_config(cls, path: str | Path | None = None, user_settings: dict | None = None) -> Moderator:
+        """None = the shipped default policy; `user_settings`: see Policy.with_user_settings."""
+        return cls(Policy.load(path).with_user_settings(user_settings))
+
+    @property
+    def fail_closed(self) -> bool:
+        return self.policy.on_error == "flag"
 
     # --- scoring -------------------------------------------------------------------
 
@@ -143,7 +174,7 @@ class Moderator:
             if "/" in c:
                 parent = c.split("/")[0]
                 scores[parent] = max(scores[parent], scores[c])
-        cats = {c: scores[c] >= pol.threshold(c) for c in CATEGORIES}
+        cats = {c: c not in pol.disabled and scores[c] >= pol.threshold(c) for c in CATEGORIES}
         flag_score = max([_margin(scores[c], pol.threshold(c)) for c in CATEGORIES] + [unrouted])
         failed = bool(errors) and pol.on_error == "flag"
         details = {"layers": layers, "signals": signals, "flag_score": flag_score, "errors": errors, **extra}
