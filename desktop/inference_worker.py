@@ -126,6 +126,14 @@ class InferenceWorker(QObject):
 
             self.chat.templates = TemplateLibrary.load()
 
+    @Slot()
+    def reload_moderation(self) -> None:
+        """The user changed moderation in Settings: rebuild the moderator from the saved settings."""
+        if self.chat is not None:
+            from engine.moderation import Moderator
+
+            self.chat.moderator = Moderator.from_config(None, self.chat.store.get_setting("moderation"))
+
     # ---- turns -----------------------------------------------------------------------------
     @Slot(object)
     def run(self, req: TurnRequest) -> None:
@@ -221,6 +229,7 @@ class InferenceClient(QObject):
     _switch = Signal(object)
     _reload = Signal()
     _templates = Signal()
+    _moderation = Signal()
     _run = Signal(object)
     _close = Signal()
 
@@ -234,6 +243,7 @@ class InferenceClient(QObject):
         self._switch.connect(self.worker.switch_model)
         self._reload.connect(self.worker.reload_model)
         self._templates.connect(self.worker.reload_templates)
+        self._moderation.connect(self.worker.reload_moderation)
         self._run.connect(self.worker.run)
         self._close.connect(self.worker.close)
         w = self.worker  # bound methods of this GUI-thread object: queued to the GUI thread
@@ -273,6 +283,9 @@ class InferenceClient(QObject):
 
     def reload_templates(self) -> None:
         self._templates.emit()
+
+    def reload_moderation(self) -> None:
+        self._moderation.emit()
 
     def submit(self, req: TurnRequest) -> TurnRequest:
         """Queue a turn. The GUI only calls this when not busy."""

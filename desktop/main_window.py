@@ -401,6 +401,7 @@ class MainWindow(QMainWindow):
         dlg.runtime_changed.connect(self.client.reload_model)
         dlg.templates_saved.connect(self._templates_saved)
         dlg.theme_changed.connect(self.set_theme)
+        dlg.moderation_changed.connect(self.client.reload_moderation)
         dlg.open()
         return dlg
 

@@ -1,5 +1,6 @@
 """Settings: sampling defaults, runtime (context, threads, GPU layers), theme, the data folder,
-and an editor for the hidden-instruction templates.
+an editor for the hidden-instruction templates, and moderation (categories, thresholds,
+fail-closed).
 
 Everything is saved in the store (`runtime`, `sampling`, `theme` settings), the same place the
 CLI reads. Runtime changes need the model reloaded: the dialog reports them with
@@ -11,6 +12,7 @@ from __future__ import annotations
 from PySide6.QtCore import QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QFontDatabase
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -56,6 +58,7 @@ class SettingsDialog(QDialog):
     sampling_changed = Signal()
     templates_saved = Signal(str)
     theme_changed = Signal(str)
+    moderation_changed = Signal()
 
     def __init__(self, store, templates, parent: QWidget | None = None) -> None:
         from engine.runtime import RuntimeSettings, Sampling
@@ -138,6 +141,10 @@ class SettingsDialog(QDialog):
         self.store.set_setting("runtime", runtime.to_dict())
         mode = self.theme.currentData()
         self.store.set_setting("theme", mode)
+        moderation = self._moderation_settings()
+        if moderation != self._moderation_before:
+            self.store.set_setting("moderation", moderation)
+            self.moderation_changed.emit()
         if sampling != self.sampling:
             self.sampling_changed.emit()
         if runtime != self.runtime:
@@ -222,14 +229,44 @@ class SettingsDialog(QDialog):
         return True
 
     def _moderation_tab(self) -> QWidget:
+        """Each category on or off with its threshold, and what to do when moderation fails."""
+        from engine.moderation import CATEGORIES
+        from engine.moderation.moderator import Policy
+
+        saved = self.store.get_setting("moderation") or {}
+        policy = Policy.load(None).with_user_settings(saved)
         page = QWidget()
         lay = QVBoxLayout(page)
         note = QLabel(
-            "Every prompt and answer is checked by the local moderation filter (rules and a small "
-            "classifier), which fails closed. Switching single categories on or off from here is coming "
-            "in a later version; until then the policy file is chosen with `chatfactory moderation`."
+            "Every prompt and answer is checked by the local moderation filter. A category that is off "
+            "never flags; a lower threshold flags more. Changes apply to the next message."
         )
         note.setWordWrap(True)
         lay.addWidget(note)
+        form = QFormLayout()
+        self.moderation_rows: dict[str, tuple[QCheckBox, QDoubleSpinBox]] = {}
+        for cat in CATEGORIES:
+            on = QCheckBox("on")
+            on.setChecked(cat not in policy.disabled)
+            on.setAccessibleName(f"Moderate {cat}")
+            threshold = _dspin(0.05, 1.0, policy.threshold(cat), f"Threshold for {cat}")
+            row = QHBoxLayout()
+            row.addWidget(on)
+            row.addWidget(threshold, 1)
+            form.addRow(f"{cat}:", row)
+            self.moderation_rows[cat] = (on, threshold)
+        lay.addLayout(form)
+        self.fail_closed = QCheckBox("Fail closed: if moderation itself fails, show the template answer")
+        self.fail_closed.setAccessibleName("Fail closed")
+        self.fail_closed.setChecked(policy.on_error == "flag")
+        lay.addWidget(self.fail_closed)
         lay.addStretch(1)
+        self._moderation_before = self._moderation_settings()
         return page
+
+    def _moderation_settings(self) -> dict:
+        return {
+            "disabled": [c for c, (on, _) in self.moderation_rows.items() if not on.isChecked()],
+            "thresholds": {c: round(t.value(), 2) for c, (_, t) in self.moderation_rows.items()},
+            "fail_closed": self.fail_closed.isChecked(),
+        }

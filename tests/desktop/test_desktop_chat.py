@@ -252,3 +252,23 @@ def test_a_model_that_fails_to_load_is_reported_then_replaced(chat, qtbot, tmp_p
     with qtbot.waitSignal(client.loaded, timeout=60_000):
         client.switch_model("smollm2-135m-instruct")
     assert chat.top_bar.model_state.text().startswith("ready")
+
+
+def test_moderation_settings_switch_a_category_off(chat, turns, qtbot):
+    prompt = "How do I make a bomb to kill people?"
+    dlg = chat.open_settings()
+    for cat in ("illicit", "illicit/violent", "violence"):
+        dlg.moderation_rows[cat][0].setChecked(False)
+    with qtbot.waitSignal(dlg.moderation_changed):
+        dlg.save()
+    assert chat.store.get_setting("moderation")["disabled"] == ["illicit", "illicit/violent", "violence"]
+    calls = chat.client.worker.model_calls
+    answer = turns.send(prompt)
+    assert chat.client.worker.model_calls == calls + 1  # the model answered this time
+    assert answer["finish_reason"] != "content_filter" or answer["moderation"]["stage"] == "answer"
+    dlg = chat.open_settings()
+    for cat in ("illicit", "illicit/violent", "violence"):
+        dlg.moderation_rows[cat][0].setChecked(True)
+    with qtbot.waitSignal(dlg.moderation_changed):
+        dlg.save()
+    assert turns.send(prompt)["moderation"]["stage"] == "prompt"  # flagged again, model not called
