@@ -158,7 +158,9 @@ def _parse(entry: Any) -> CatalogueModel:
     arch_raw = _need(entry, "arch", dict)
     arch = ArchNumbers(**{k: _positive(arch_raw, k, "arch.") for k in ARCH_KEYS})
     if arch.n_head % arch.n_head_kv:
-        raise _Invalid(f"`arch.n_head` ({arch.n_head}) must be a multiple of `arch.n_head_kv` ({arch.n_head_kv})")
+        raise _Invalid(
+            f"`arch.n_head` ({arch.n_head}) must be a multiple of `arch.n_head_kv` ({arch.n_head_kv})"
+        )
     files_raw = _need(entry, "files", dict)
     if not files_raw:
         raise _Invalid("`files` is empty")
@@ -176,7 +178,9 @@ def _parse(entry: Any) -> CatalogueModel:
         approx = f.get("size_approx", False)
         if not isinstance(approx, bool):
             raise _Invalid(f"`{where}size_approx` must be true or false")
-        files[str(quant).upper()] = CatalogueFile(str(quant).upper(), filename, _positive(f, "size", where), approx, sha)
+        files[str(quant).upper()] = CatalogueFile(
+            str(quant).upper(), filename, _positive(f, "size", where), approx, sha
+        )
     default_quant = str(entry.get("default_quant") or next(iter(files))).upper()
     if default_quant not in files:
         raise _Invalid(f"`default_quant` {default_quant} is not one of its files ({', '.join(files)})")

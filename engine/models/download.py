@@ -31,6 +31,7 @@ import errno
 import hashlib
 import os
 import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -102,6 +103,7 @@ class Download:
         retries: int = 3,
         chunk_size: int = CHUNK,
         timeout_s: float = 30.0,
+        progress_every_s: float = PROGRESS_EVERY_S,
     ):
         self.catalogue_entry = None
         self.gated = False
@@ -114,7 +116,11 @@ class Download:
 
             m = get(model_id_or_repo)
             looks_like_file = filename is not None and filename.endswith(".gguf")
-            f = next((f for f in m.files.values() if f.filename == filename), None) if looks_like_file else None
+            f = (
+                next((f for f in m.files.values() if f.filename == filename), None)
+                if looks_like_file
+                else None
+            )
             f = f or m.file(None if looks_like_file else filename)
             self.repo, self.filename, self.catalogue_entry, self.gated = m.repo, f.filename, m, m.gated
             expected_sha256 = expected_sha256 or f.sha256
@@ -124,6 +130,7 @@ class Download:
         self.expected_sha256 = expected_sha256.lower() if expected_sha256 else None
         self.progress, self.name, self.register = progress, name, register
         self.retries, self.chunk_size, self.timeout_s = retries, chunk_size, timeout_s
+        self.progress_every_s = progress_every_s
         self._pause, self._cancel = threading.Event(), threading.Event()
 
     # ---- control, from any thread ---------------------------------------------------------------
@@ -148,7 +155,7 @@ class Download:
         """Download (or resume), verify, rename, register. Blocks; raises DownloadError."""
         from huggingface_hub import constants
 
-        if constants.is_offline_mode():
+        if _offline(constants):
             raise DownloadError(
                 f"cannot download {self.filename} from {self.repo}: Hugging Face offline mode is on "
                 "(HF_HUB_OFFLINE=1); unset it to download, or add a GGUF file you already have"
@@ -187,15 +194,17 @@ class Download:
 
     def _metadata(self, endpoint: str, token: str | bool | None) -> tuple[str, int, str]:
         """(url, size, sha256) from the hub's metadata; the hub's error types become clear messages."""
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url
+        from huggingface_hub import get_hf_file_metadata
 
-        url = hf_hub_url(self.repo, self.filename, revision=self.revision, endpoint=endpoint)
+        url = file_url(self.repo, self.filename, self.revision, endpoint)
         try:
             meta = get_hf_file_metadata(url, token=token, endpoint=endpoint, timeout=self.timeout_s)
         except Exception as e:  # noqa: BLE001 (every failure becomes one clear message)
             raise self._explain(e, endpoint, token) from None
         if meta.size is None:
-            raise DownloadError(f"{endpoint} did not say how large {self.filename} is; cannot download it safely")
+            raise DownloadError(
+                f"{endpoint} did not say how large {self.filename} is; cannot download it safely"
+            )
         etag = (meta.etag or "").strip('"').lower()
         hub_sha = etag if len(etag) == 64 and set(etag) <= _SHA256_HEX else None
         if self.expected_sha256 and hub_sha and hub_sha != self.expected_sha256:
@@ -216,7 +225,9 @@ class Download:
 
         status = getattr(getattr(e, "response", None), "status_code", None)
         if isinstance(e, errors.OfflineModeIsEnabled):
-            return DownloadError(f"cannot download {self.filename}: Hugging Face offline mode is on (HF_HUB_OFFLINE=1)")
+            return DownloadError(
+                f"cannot download {self.filename}: Hugging Face offline mode is on (HF_HUB_OFFLINE=1)"
+            )
         if isinstance(e, errors.GatedRepoError) or (status in (401, 403) and (self.gated or token)):
             why = "your token has no access yet" if token else "no token is set"
             return DownloadError(
@@ -234,13 +245,17 @@ class Download:
             )
         if isinstance(e, errors.HfHubHTTPError):
             return DownloadError(f"{endpoint} refused {self.repo}/{self.filename}: {str(e).splitlines()[0]}")
-        return DownloadError(f"cannot reach {endpoint} to download {self.filename}: {e.__class__.__name__}: {e}")
+        return DownloadError(
+            f"cannot reach {endpoint} to download {self.filename}: {e.__class__.__name__}: {e}"
+        )
 
     def _transfer(self, url: str, token: str | bool | None, size: int, sha256: str) -> str:
         """Bytes into the .part until it has `size` bytes. Returns "done", "paused" or "cancelled";
         raises _Interrupted on a broken connection (the part keeps what arrived)."""
-        import httpx2
         from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+        session = get_session()
+        http = _http_module(session)
 
         part = self.part
         have = part.stat().st_size if part.exists() else 0
@@ -251,15 +266,15 @@ class Download:
         hasher = hashlib.sha256()
         if have:
             _hash_into(hasher, part)  # resuming: the sha256 covers the whole file, old bytes included
-        meter = _Meter(size, have, self.progress)
+        meter = _Meter(size, have, self.progress, self.progress_every_s)
         if have < size:
             headers = build_hf_headers(token=token)
             headers["Accept-Encoding"] = "identity"  # byte ranges of the file itself, not of a gzip stream
             if have:
                 headers["Range"] = f"bytes={have}-"
             try:
-                with get_session().stream("GET", url, headers=headers, follow_redirects=True,
-                                          timeout=httpx2.Timeout(self.timeout_s)) as r:  # fmt: skip
+                with session.stream("GET", url, headers=headers, follow_redirects=True,
+                                          timeout=http.Timeout(self.timeout_s)) as r:  # fmt: skip
                     if r.status_code == 416:  # the range is past the end: the part is wrong, start over
                         part.unlink(missing_ok=True)
                         raise _Interrupted(0, "the server refused the resume range")
@@ -271,11 +286,13 @@ class Download:
                             raise self._explain(e, url.split("/", 3)[2], token) from None
                     if have and r.status_code != 206:  # the server ignored Range: restart from byte 0
                         have, hasher = 0, hashlib.sha256()
-                        meter = _Meter(size, 0, self.progress)
+                        meter = _Meter(size, 0, self.progress, self.progress_every_s)
                     with open(part, "ab" if have else "wb") as f:
                         state = self._copy(r.iter_bytes(self.chunk_size), f, hasher, meter, have, size)
-            except (httpx2.TransportError, httpx2.StreamError) as e:
-                raise _Interrupted(part.stat().st_size if part.exists() else 0, str(e) or type(e).__name__) from None
+            except (http.TransportError, http.StreamError) as e:
+                raise _Interrupted(
+                    part.stat().st_size if part.exists() else 0, str(e) or type(e).__name__
+                ) from None
             if state != "done":
                 return state
         meter.report(force=True)
@@ -332,7 +349,9 @@ class Download:
             read_gguf_info(self.dest)
         except GGUFError as e:
             self.dest.unlink(missing_ok=True)
-            raise DownloadError(f"{self.repo}/{self.filename} is not a usable GGUF file ({e}); deleted it") from None
+            raise DownloadError(
+                f"{self.repo}/{self.filename} is not a usable GGUF file ({e}); deleted it"
+            ) from None
         entry = registry.add_model(self.dest, self.name, source="downloaded") if self.register else None
         return DownloadResult("done", self.dest, sha256, entry)
 
@@ -346,8 +365,9 @@ class _Interrupted(Exception):
 class _Meter:
     """Progress with a rate over the last ~3 seconds, throttled to PROGRESS_EVERY_S."""
 
-    def __init__(self, total: int | None, done: int, callback: Callable[[DownloadProgress], None] | None):
-        self.total, self.done, self.callback = total, done, callback
+    def __init__(self, total: int | None, done: int, callback: Callable[[DownloadProgress], None] | None,
+                 every_s: float = PROGRESS_EVERY_S):  # fmt: skip
+        self.total, self.done, self.callback, self.every_s = total, done, callback, every_s
         now = time.monotonic()
         self.samples: list[tuple[float, int]] = [(now, done)]
         self.last_report = 0.0
@@ -363,13 +383,48 @@ class _Meter:
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.callback is None or (not force and now - self.last_report < PROGRESS_EVERY_S):
+        if self.callback is None or (not force and now - self.last_report < self.every_s):
             return
         self.last_report = now
         (t0, d0), (t1, d1) = self.samples[0], self.samples[-1]
         rate = (d1 - d0) / (t1 - t0) if t1 > t0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 and self.total is not None else None
         self.callback(DownloadProgress(self.done, self.total, rate, eta))
+
+
+def _offline(constants) -> bool:
+    is_offline = getattr(constants, "is_offline_mode", None)  # a function since huggingface-hub 1.x
+    return bool(is_offline()) if callable(is_offline) else bool(constants.HF_HUB_OFFLINE)
+
+
+def _http_module(session):
+    """The HTTP library behind huggingface-hub's client: httpx (hub 1.x) or httpx2 (hub 2.x), which
+    share an API. Its exception and timeout types are taken from it rather than imported by name,
+    so that this module follows the hub's choice. (huggingface-hub 0.x used requests, whose session
+    has no `stream()`: the app needs 1.0 or later.)"""
+    module = sys.modules.get(type(session).__module__.split(".")[0])
+    if module is None or not hasattr(session, "stream") or not hasattr(module, "TransportError"):
+        raise DownloadError(
+            f"huggingface-hub's HTTP client ({type(session).__module__}) is not httpx-like; "
+            "chatfactory needs huggingface-hub 1.0 or later"
+        )
+    return module
+
+
+def file_url(repo: str, filename: str, revision: str, endpoint: str) -> str:
+    """`hf_hub_url` on `endpoint`. hf_hub_url swaps in `endpoint` only where its URL template starts
+    with `constants.ENDPOINT`, which is no longer true once ENDPOINT was changed after import (a
+    settings page, a test): then the template's own base is replaced here, so the request never
+    silently goes to the default host."""
+    from huggingface_hub import constants, hf_hub_url
+
+    url = hf_hub_url(repo, filename, revision=revision, endpoint=endpoint)
+    if not url.startswith(endpoint + "/"):
+        base = constants.HUGGINGFACE_CO_URL_TEMPLATE.split("/{repo_id}", 1)[0]
+        if not url.startswith(base + "/"):
+            raise DownloadError(f"cannot build the URL of {repo}/{filename} on {endpoint} (got {url})")
+        url = endpoint + url[len(base) :]
+    return url
 
 
 def _hash_into(hasher, path: Path) -> None:
@@ -384,8 +439,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def download(
-    model_id: str, quant: str | None = None, **kwargs
-) -> DownloadResult:
+def download(model_id: str, quant: str | None = None, **kwargs) -> DownloadResult:
     """`Download(model_id, quant, **kwargs).run()`: a catalogue model, blocking."""
     return Download(model_id, quant, **kwargs).run()

@@ -73,7 +73,9 @@ class ModelShape:
     context_length: int | None
 
 
-def shape_of(model: GGUFInfo | CatalogueModel | ModelShape | str | Path, quant: str | None = None) -> ModelShape:
+def shape_of(
+    model: GGUFInfo | CatalogueModel | ModelShape | str | Path, quant: str | None = None
+) -> ModelShape:
     """A ModelShape from a GGUF header (or a path to one) or a catalogue entry (its `quant` file)."""
     if isinstance(model, ModelShape):
         return model
@@ -136,7 +138,7 @@ def available_memory() -> int | None:
 
 
 def fit(est: MemoryEstimate | int, available: int | None = None) -> Fit:
-    """"fits" (at most 80 % of the available memory), "tight" (at most all of it), or "too big".
+    """The badge: "fits" (at most 80 % of the available memory), "tight" (at most all of it), "too big".
     With the available memory unknown, nothing can be promised: "tight"."""
     total = est.total if isinstance(est, MemoryEstimate) else int(est)
     available = available if available is not None else available_memory()
