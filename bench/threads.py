@@ -17,7 +17,7 @@ import os
 import time
 
 from engine.models.registry import resolve
-from engine.runtime import default_threads
+from engine.runtime import default_batch_threads, default_threads
 
 
 def spin(stop) -> None:
@@ -59,7 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     _, path = resolve(None)
     cores = len(os.sched_getaffinity(0))
-    print(f"{cores} cores; app default threads = {default_threads()}")
+    print(f"{cores} cores; app defaults: {default_threads()} decode thread(s), {default_batch_threads()} for prompts")
     print(f"{'load':<10}{'threads':>8}{'flash':>7}{'decode tok/s':>14}{'prefill tok/s':>15}")
     for load in ("idle", "1 core busy"):
         stop = mp.Event()

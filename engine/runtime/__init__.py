@@ -10,7 +10,7 @@ from .llama_runtime import (
     Prompt,
     common_prefix,
 )
-from .settings import RuntimeSettings, Sampling, default_threads
+from .settings import RuntimeSettings, Sampling, default_batch_threads, default_threads
 
 __all__ = [
     "ChatTemplate",
@@ -24,5 +24,6 @@ __all__ = [
     "RuntimeSettings",
     "Sampling",
     "common_prefix",
+    "default_batch_threads",
     "default_threads",
 ]

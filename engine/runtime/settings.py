@@ -7,32 +7,41 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_threads() -> int:
-    """Threads for llama.cpp on this machine.
+    """Threads for decoding (one token at a time).
 
     llama.cpp's threads spin-wait for each other at every step, so a thread that loses its core
-    to another program stalls all of them: on 2 cores, 2 threads decode SmolLM2-135M at ~165
-    tokens/s idle but ~1 token/s with one core busy, while 1 thread holds ~110-135 either way
-    (bench/threads.py). A desktop app shares the CPU, so leave one core in two to the rest of
-    the machine: half the cores, at least 1.
+    to another program stalls all of them. Measured on 2 cores (bench/threads.py, BENCHMARKS.md):
+    2 threads decode SmolLM2-135M at 80 tokens/s idle but 23 with one core busy elsewhere; 1 thread
+    holds 49 either way. A desktop app shares the CPU, so decoding leaves one core in two to the
+    rest of the machine: half the cores, at least 1.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    return max(1, _cores() // 2)
+
+
+def default_batch_threads() -> int:
+    """Threads for prompt processing (big batches). Each step is long enough that waiting on a
+    busy core costs little: 2 threads prefill at 143 tokens/s idle and 77 with one core busy,
+    against 75 for 1 thread either way. So prompt processing uses every core."""
+    return _cores()
 
 
 @dataclass
 class RuntimeSettings:
     n_ctx: int = 4096  # context window in tokens
-    n_threads: int = 0  # 0 = default_threads()
-    n_threads_batch: int = 0  # prompt processing; 0 = same as n_threads
+    n_threads: int = 0  # decoding; 0 = default_threads()
+    n_threads_batch: int = 0  # prompt processing; 0 = default_batch_threads()
     n_gpu_layers: int = 0  # layers offloaded to a GPU (llama.cpp's n_gpu_layers; -1 = all)
     n_batch: int = 256  # prompt tokens per llama_decode call: also the granularity of Stop
     flash_attn: bool = True  # faster prefill and decode on this CPU (bench/threads.py)
     session_cache_mb: int = 256  # KV states of recently used sessions kept in RAM
 
     def threads(self) -> tuple[int, int]:
-        n = self.n_threads or default_threads()
-        return n, self.n_threads_batch or n
+        return self.n_threads or default_threads(), self.n_threads_batch or default_batch_threads()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RuntimeSettings:
