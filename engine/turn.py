@@ -308,7 +308,7 @@ class Chat:
         usage = {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}
         timings = {
             "ttft_s": stats.ttft_s, "prefill_s": stats.prefill_s, "decode_s": stats.decode_s,
-            "tokens_per_s": stats.tokens_per_s, "reused_tokens": stats.reused_tokens,
+            "tokens_per_s": stats.tokens_per_s, "reused_tokens": stats.reused_tokens, "switch_s": stats.switch_s,
             "dropped_messages": prompt.dropped, "total_s": time.perf_counter() - t0,
         }  # fmt: skip
         if flag is not None:
