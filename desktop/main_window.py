@@ -458,9 +458,25 @@ class MainWindow(QMainWindow):
                 return str(export_to_file(s, path, fmt, session_ids))
 
         self.statusBar().showMessage("Exporting…")
+        self._transfer_busy(True)
         return tasks.run_in_background(work, self._exported, self._export_failed)  # bound methods: GUI thread
 
+    def _transfer_busy(self, busy: bool) -> None:
+        """A busy bar in the status bar while an import or export runs in the background (the
+        store's transfer is one transaction with no progress of its own to report)."""
+        from PySide6.QtWidgets import QProgressBar
+
+        bar = getattr(self, "transfer_progress", None)
+        if bar is None:
+            bar = self.transfer_progress = QProgressBar()
+            bar.setRange(0, 0)
+            bar.setMaximumWidth(160)
+            bar.setAccessibleName("Import or export in progress")
+            self.statusBar().addPermanentWidget(bar)
+        bar.setVisible(busy)
+
     def _exported(self, path: str) -> None:
+        self._transfer_busy(False)
         self.statusBar().showMessage(f"Exported to {path}", 8000)
         self.export_finished.emit(path)
 
@@ -485,9 +501,11 @@ class MainWindow(QMainWindow):
                 return import_file(s, path)
 
         self.statusBar().showMessage("Importing…")
+        self._transfer_busy(True)
         return tasks.run_in_background(work, self._imported, self._import_failed)
 
     def _imported(self, result) -> None:
+        self._transfer_busy(False)
         self.sidebar.refresh()
         n = len(result.sessions)
         self.statusBar().showMessage(
@@ -502,6 +520,7 @@ class MainWindow(QMainWindow):
         self._task_failed("Import failed", message)
 
     def _task_failed(self, title: str, message: str) -> None:
+        self._transfer_busy(False)
         self.statusBar().showMessage(f"{title}: {message}")
         self.task_failed.emit(message)
         dialogs.error(self, title, message)

@@ -143,6 +143,8 @@ def test_export_then_import_round_trips(browse, qtbot, tmp_path):
     out = tmp_path / "chats.json"
     with qtbot.waitSignal(browse.export_finished, timeout=10_000):
         browse.export_to(str(out), "json", [sid])
+        assert not browse.transfer_progress.isHidden()  # a busy bar while it runs
+    assert browse.transfer_progress.isHidden()
     assert json.loads(out.read_text())["sessions"][0]["title"] == "Round trip"
     with qtbot.waitSignal(browse.import_finished, timeout=10_000) as done:
         browse.import_from(str(out))
