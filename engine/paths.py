@@ -9,9 +9,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 
 def assets_dir() -> Path:
@@ -58,3 +62,23 @@ def shared_data_dir() -> Path | None:
         if c.is_dir():
             return c
     return None
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, newline: str | None = "\n") -> Iterator[TextIO]:
+    """Write a text file so that `path` only ever holds the old file or the whole new one: a temp
+    file beside it, fsync, then os.replace. Nothing is left behind on failure (a crash, a full
+    disk, bad input found halfway): an interrupted export never looks complete."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; these are the user's ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

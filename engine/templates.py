@@ -31,9 +31,7 @@ import difflib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from engine.moderation.taxonomy import CATEGORIES, PARENT
-from engine.paths import assets_dir, home
+from engine.paths import assets_dir, atomic_writer, home
 
 log = logging.getLogger(__name__)
 
@@ -505,16 +503,8 @@ class TemplateLibrary:
         path = self.user_dir / f"{name}.yaml"
         TemplateSet.from_text(text, name, path)  # raises before anything is written
         self.user_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.user_dir, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path, newline="") as f:
+            f.write(text)
         fresh = self.load(self.user_dir, shipped=self.shipped_dir)
         self._sets, self._user, self.errors = fresh._sets, fresh._user, fresh.errors
         return self.get(name)

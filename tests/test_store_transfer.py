@@ -110,7 +110,9 @@ def test_export_to_file_is_atomic(store: Store, tmp_path: Path, monkeypatch):
     def crash(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(transfer.os, "replace", crash)
+    import engine.paths
+
+    monkeypatch.setattr(engine.paths.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         export_to_file(store, target, fmt="markdown")
     assert target.read_text() == "previous export"

@@ -121,9 +121,7 @@ def estimate(
 def available_memory() -> int | None:
     """Bytes a new allocation can get without swapping: MemAvailable on Linux; elsewhere half of the
     physical memory (a guess on the safe side), None if even that is unknown.
-
-    (The runtime has its own copy of the Linux part; `engine.models` sits below `engine.runtime`
-    and does not import it.)"""
+    The runtime uses it too, to refuse a context that cannot fit before llama.cpp tries."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -9,13 +9,11 @@ name or a path to a .gguf file) into a file, or a clear error.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engine.paths import home
+from engine.paths import atomic_writer, home
 
 from . import bundled
 from .gguf_info import read_gguf_info
@@ -61,10 +59,8 @@ def _read() -> dict[str, dict]:
 def _write(entries: dict[str, dict]) -> None:
     path = _registry_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".registry.", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_writer(path) as f:
         json.dump(entries, f, indent=2)
-    os.replace(tmp, path)
 
 
 def bundled_entry() -> ModelEntry:

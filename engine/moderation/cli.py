@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+
+from engine.paths import atomic_writer
 
 
 def register(subparsers) -> None:
@@ -113,22 +113,16 @@ def cmd_score(args: argparse.Namespace) -> int:
     mod = _moderator(args.config)
     out = Path(args.output)
     flagged = 0
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for start in range(0, len(texts), args.batch_size):
-                for res in mod.moderate_batch(texts[start : start + args.batch_size]):
-                    flagged += bool(res.flagged)
-                    row = {
-                        "flagged": bool(res.flagged),
-                        "score": max(float(v) for v in res.category_scores.values()),
-                        "categories": {c: bool(v) for c, v in res.categories.items()},
-                    }
-                    f.write(json.dumps(row) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(out) as f:  # no partial output if moderation fails halfway
+        for start in range(0, len(texts), args.batch_size):
+            for res in mod.moderate_batch(texts[start : start + args.batch_size]):
+                flagged += bool(res.flagged)
+                row = {
+                    "flagged": bool(res.flagged),
+                    "score": max(float(v) for v in res.category_scores.values()),
+                    "categories": {c: bool(v) for c, v in res.categories.items()},
+                }
+                f.write(json.dumps(row) + "\n")
     print(f"scored {len(texts)} texts ({flagged} flagged) -> {out}")
     return 0
 

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.models.gguf_info import GGUFError, GGUFInfo, read_gguf_info
+from engine.models.memory import available_memory
 
-from .chat_template import ChatTemplate, ChatTemplateError
+from .chat_template import ChatTemplate
 from .settings import RuntimeSettings, Sampling
 
 
@@ -366,27 +367,3 @@ def common_prefix(a, b) -> int:
             break
         n += 1
     return n
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux: MemAvailable), None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-__all__ = [
-    "ChatTemplateError",
-    "ContextOverflowError",
-    "Generation",
-    "GenerationStats",
-    "LlamaRuntime",
-    "ModelLoadError",
-    "Prompt",
-    "common_prefix",
-]

@@ -15,17 +15,16 @@ MAX_IMPORT_BYTES are refused before being read.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import tempfile
 import time
 import zipfile
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.paths import atomic_writer
 
 from . import db as dbm
 from .store import Store, check_field
@@ -113,17 +112,8 @@ def export_to_file(
         text = json.dumps(export_json(store, session_ids), ensure_ascii=False, indent=1)
     else:
         text = export_markdown(store, session_ids)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(path) as f:
+        f.write(text)
     return path
 
 
