@@ -41,6 +41,7 @@ from engine.templates import TemplateLibrary, TemplateSet
 log = logging.getLogger(__name__)
 
 SAVE_EVERY_S = 0.5  # how often released text of a streaming answer is written to the store
+MAX_MESSAGE_CHARS = 100_000  # ~25k tokens: more than any bundled model's context; a bigger paste is refused
 
 
 @dataclass
@@ -125,6 +126,11 @@ class Chat:
         """A new user message (under the active leaf, or under `parent_id` for an edit) and its answer."""
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the message is empty")
+        if len(text) > MAX_MESSAGE_CHARS:
+            raise ValueError(
+                f"the message is {len(text):,} characters long; the limit is {MAX_MESSAGE_CHARS:,} "
+                "(about 25,000 tokens, more than the model can read at once): send a shorter part"
+            )
         session = self.store.get_session(session_id)
         ts = self.template_for(session)
         values = self._values(session)

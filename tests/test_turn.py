@@ -180,10 +180,13 @@ def test_regenerate_and_edit_make_branches(chat):
     assert next(m["content"] for m in chat.store.branch(sid)) == "Name a vegetable."
 
 
-def test_empty_message_is_refused(chat):
+def test_empty_and_huge_messages_are_refused_before_anything_is_stored(chat):
     sid = chat.new_session()
     with pytest.raises(ValueError, match="empty"):
         events(chat.send(sid, "   "))
+    with pytest.raises(ValueError, match="1,048,576 characters long; the limit is 100,000"):
+        events(chat.send(sid, "x" * 2**20))
+    assert chat.store.branch(sid) == []
 
 
 def test_titles():

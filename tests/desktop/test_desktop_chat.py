@@ -272,3 +272,15 @@ def test_moderation_settings_switch_a_category_off(chat, turns, qtbot):
     with qtbot.waitSignal(dlg.moderation_changed):
         dlg.save()
     assert turns.send(prompt)["moderation"]["stage"] == "prompt"  # flagged again, model not called
+
+
+def test_a_1mb_paste_is_refused_with_a_notice_and_nothing_freezes(chat, turns, qtbot):
+    sid = chat.chat_view.session_id
+    before = len(chat.store.branch(sid)) if sid is not None else 0
+    with qtbot.waitSignal(chat.client.signals.failed, timeout=30_000) as failed:
+        chat.send("x" * 2**20)
+    assert "the limit is 100,000" in failed.args[1]
+    assert chat.chat_view.error_label.isVisible()
+    if sid is not None:
+        assert len(chat.store.branch(sid)) == before  # nothing half-stored
+    assert turns.send("Hello again?")["content"].strip()
