@@ -11,6 +11,7 @@ already read and search their chats.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -63,10 +64,21 @@ def make_app():
 
 
 def create_window(
-    db: str | Path | None = None, model: str | None = None, *, show: bool = True, load_model: bool = True
+    db: str | Path | None = None,
+    model: str | None = None,
+    *,
+    show: bool = True,
+    load_model: bool = True,
+    welcome: bool = False,
+    restore: bool = False,
 ):
     """Open the store, build and show the window, then ask the worker to load the model
     (`load_model=False`: a window for browsing only, as tests of the history use).
+
+    welcome: on a brand-new database, write and show the welcome chat (desktop.welcome).
+    restore: open the chat that was open when the app last stopped. Both are the app's own
+    start (`main()`); off by default so tests and the self-test start on an empty new chat.
+    The open chat is always remembered, so a later start with `restore` finds it.
     Raises engine.store.StoreError when the database cannot be used (newer, not ours)."""
     from PySide6.QtCore import QTimer
 
@@ -80,11 +92,26 @@ def create_window(
     theme.apply_theme(store.get_setting("theme", "system"))
     client = InferenceClient()
     window = MainWindow(store, TemplateLibrary.load(), client)
+    _first_chat(window, welcome, restore)
     if show:
         window.show()
     if load_model:
         QTimer.singleShot(0, lambda: client.open(store.path, model))
     return window
+
+
+def _first_chat(window, welcome: bool, restore: bool) -> None:
+    """Which chat the window opens on: the welcome chat (first run), else the last one open."""
+    from desktop.welcome import ensure_welcome, last_session, remember_session
+
+    store = window.store
+    window.session_shown.connect(lambda s: None if window.closed else remember_session(store, s))
+    sid = ensure_welcome(store) if welcome else None
+    if sid is None and restore:
+        sid = last_session(store)
+    if sid is not None:
+        window.sidebar.refresh()
+        window.open_session(sid)
 
 
 class _SelfTest(QObject):
@@ -161,7 +188,19 @@ def self_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database(args: argparse.Namespace) -> Path:
+    """The database this launch will open (the single-instance key)."""
+    if args.db:
+        return Path(args.db).expanduser()
+    from engine.paths import home
+    from engine.store import DB_NAME
+
+    return home() / DB_NAME
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The double-clicked app: log file and crash dialog first, then hand over to an instance
+    already running on this database, else open the window on the welcome or last chat."""
     args = parse_args(argv)
     if args.self_test:
         if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and sys.platform.startswith(
@@ -169,15 +208,39 @@ def main(argv: list[str] | None = None) -> int:
         ):
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         return self_test(args)
+    # downloads are the user's explicit choice (Models page); nothing else may phone home
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from desktop import crash
+
+    log_file = crash.log_path()
+    crash.setup_logging(log_file)
     app = make_app()
+    reporter = crash.CrashReporter(log_file, app)
+    reporter.install()
+    logging.getLogger(__name__).info("chatfactory starting (log %s)", log_file)
+
+    from desktop.single_instance import SingleInstance, bring_forward, notify_running, server_name
+
+    db = _database(args)
+    name = server_name(db)
+    if notify_running(name):
+        logging.getLogger(__name__).info("already running on %s: asked it to come forward", db)
+        return 0
+    instance = SingleInstance(name, app)
+    instance.listen()
     try:
-        create_window(args.db, args.model)
-    except Exception as e:  # noqa: BLE001 - a newer or foreign database, an unreadable folder: say so
+        window = create_window(db, args.model, welcome=True, restore=True)
+    except Exception as e:  # a newer or foreign database, an unreadable folder: say so
         from PySide6.QtWidgets import QMessageBox
 
+        logging.getLogger(__name__).exception("the window could not open")
         QMessageBox.critical(None, "chatfactory cannot start", str(e))
         return 2
-    return app.exec()
+    instance.activate_requested.connect(lambda: bring_forward(window))
+    code = app.exec()
+    instance.close()
+    logging.getLogger(__name__).info("chatfactory stopped (%s)", code)
+    return code
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from desktop.chat_view import ChatView
 from desktop.compare_dialog import CompareDialog
 from desktop.composer import Composer
 from desktop.inference_worker import InferenceClient, TurnRequest
-from desktop.pages import finetune_page, models_page
+from desktop.models_page import ModelsPage
+from desktop.pages import finetune_page
 from desktop.session_list import SessionSidebar
 from desktop.top_bar import TopBar
 
@@ -67,7 +68,9 @@ class MainWindow(QMainWindow):
         self.pages = QTabWidget()
         self.pages.setAccessibleName("Pages")
         self.pages.addTab(split, "Chat")
-        self.pages.addTab(models_page(), "Models")
+        self.models_page = ModelsPage(store, client)
+        self.models_page.models_changed.connect(self._fill_models)
+        self.pages.addTab(self.models_page, "Models")
         self.pages.addTab(finetune_page(), "Fine-tuning")
         self.setCentralWidget(self.pages)
         self._menus()
@@ -531,6 +534,7 @@ class MainWindow(QMainWindow):
         self.closed = True
         self._live.stop()
         self.client.shutdown()
+        self.models_page.shutdown()  # running downloads pause; their .part is resumed next time
         tasks.wait_all()
         self.store.close()
         super().closeEvent(event)

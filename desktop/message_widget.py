@@ -151,6 +151,9 @@ class MessageWidget(QFrame):
             for b in (self.regenerate_button, self.compare_button, self.up_button, self.down_button):
                 actions.addWidget(b)
             self.action_buttons += [self.regenerate_button, self.compare_button]
+            if message.get("parent_id") is None:  # no prompt to answer again (the welcome chat)
+                self.regenerate_button.hide()
+                self.compare_button.hide()
         actions.addStretch(1)
         lay.addLayout(actions)
 

@@ -1,6 +1,6 @@
-"""Pages that later versions fill: the Models page (download and pick GGUF models) and the
-Fine-tuning tab (SFT, reward model, PPO/DPO on the user's machine). Their own issues build
-them; here they exist so the window's shape is final."""
+"""Pages that later versions fill: the Fine-tuning tab (SFT, reward model, PPO/DPO on the
+user's machine). Its own issue builds it; here it exists so the window's shape is final.
+(The Models page is `desktop.models_page`.)"""
 
 from __future__ import annotations
 
@@ -21,15 +21,6 @@ class PlaceholderPage(QWidget):
             lay.addWidget(w)
         lay.addStretch(1)
         lay.insertStretch(0, 1)
-
-
-def models_page() -> PlaceholderPage:
-    return PlaceholderPage(
-        "Models",
-        "Download models from Hugging Face, add your own GGUF files and check what fits your memory: "
-        "coming in a later version. Until then, the model picker above the chat lists the bundled model "
-        "and those added with `chatfactory models add FILE`.",
-    )
 
 
 def finetune_page() -> PlaceholderPage:
