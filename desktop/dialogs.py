@@ -31,6 +31,17 @@ def confirm(parent: QWidget | None, title: str, text: str) -> bool:
     return answer == QMessageBox.StandardButton.Yes
 
 
+def too_big(parent: QWidget | None, text: str, smaller: int | None) -> str:
+    """A model that may not fit: "smaller" (use a `smaller`-token context), "anyway" or "cancel"."""
+    box = QMessageBox(QMessageBox.Icon.Warning, "This model may not fit in memory", text, parent=parent)
+    use_smaller = box.addButton(f"Use a {smaller:,}-token context", QMessageBox.ButtonRole.AcceptRole) if smaller else None
+    anyway = box.addButton("Load anyway", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton(QMessageBox.StandardButton.Cancel)
+    box.exec()
+    clicked = box.clickedButton()
+    return "smaller" if clicked is use_smaller and smaller else "anyway" if clicked is anyway else "cancel"
+
+
 def save_path(parent: QWidget | None, title: str, suggested: str, filters: str) -> str | None:
     path, _ = QFileDialog.getSaveFileName(parent, title, suggested, filters)
     return path or None

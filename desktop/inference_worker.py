@@ -94,7 +94,14 @@ class InferenceWorker(QObject):
             self.loading.emit(name or "")
             self._load(name)
 
-    def _load(self, model: str | None) -> None:
+    @Slot(object)
+    def load_anyway(self, model: str | None) -> None:
+        """Load a model the memory estimate says will not fit: the user asked for it."""
+        if self.chat is not None:
+            self.loading.emit(model or "")
+            self._load(model, check_memory=False)
+
+    def _load(self, model: str | None, check_memory: bool = True) -> None:
         from engine.setup import load_runtime, runtime_settings
 
         chat = self.chat
@@ -102,7 +109,9 @@ class InferenceWorker(QObject):
             chat.runtime.close()
             chat.runtime = None
         try:
-            chat.runtime = load_runtime(model, runtime_settings(chat.store))
+            settings = runtime_settings(chat.store)
+            settings.check_memory = settings.check_memory and check_memory
+            chat.runtime = load_runtime(model, settings)
         except Exception as e:  # noqa: BLE001 - ModelLoadError, unknown name, bad settings: all told to the user
             log.warning("model %r not loaded: %s", model, e)
             self._fail_load(str(e))
@@ -227,6 +236,7 @@ class InferenceClient(QObject):
 
     _open = Signal(object, object)
     _switch = Signal(object)
+    _anyway = Signal(object)
     _reload = Signal()
     _templates = Signal()
     _moderation = Signal()
@@ -241,6 +251,7 @@ class InferenceClient(QObject):
         self.worker.moveToThread(self.thread)
         self._open.connect(self.worker.open)
         self._switch.connect(self.worker.switch_model)
+        self._anyway.connect(self.worker.load_anyway)
         self._reload.connect(self.worker.reload_model)
         self._templates.connect(self.worker.reload_templates)
         self._moderation.connect(self.worker.reload_moderation)
@@ -276,6 +287,11 @@ class InferenceClient(QObject):
     def switch_model(self, model: str | None) -> None:
         self.stop()
         self._switch.emit(model)
+
+    def load_anyway(self, model: str | None) -> None:
+        """Load without the memory check (the user saw the warning and chose to)."""
+        self.stop()
+        self._anyway.emit(model)
 
     def reload_model(self) -> None:
         self.stop()

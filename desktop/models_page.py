@@ -666,6 +666,43 @@ class ModelsPage(QWidget):
 
     def use_now(self, name: str) -> None:
         """Load `name` in the chat now (the worker remembers it as the last used model)."""
+        self._load_checked(name)
+
+    def _load_checked(self, name: str) -> None:
+        """Before loading, compare the memory it needs at the current context with what is free;
+        a model that would not fit gets a warning with a smaller context to use, or "load anyway"."""
+        from engine.models.memory import available_memory, estimate, fit, suggest_context
+        from engine.models.registry import resolve
+        from engine.runtime import RuntimeSettings
+
+        runtime = RuntimeSettings.from_dict(self.store.get_setting("runtime", {}))
+        try:
+            _, path = resolve(name)
+            est = estimate(path, runtime.n_ctx)
+        except Exception as e:  # noqa: BLE001 - no estimate: let the load itself report the problem
+            log.info("no memory estimate for %s: %s", name, e)
+            est = None
+        if est is not None and fit(est) == "too big":
+            free = available_memory() or 0
+            smaller = suggest_context(path)
+            smaller = smaller if smaller and smaller < runtime.n_ctx else None
+            text = (
+                f"{name} needs about {est.total / 2**20:,.0f} MiB at a {runtime.n_ctx:,}-token context "
+                f"(weights {est.weights / 2**20:,.0f} MiB, KV cache {est.kv_cache / 2**20:,.0f} MiB), and "
+                f"{free / 2**20:,.0f} MiB of memory is free."
+            )
+            choice = dialogs.too_big(self, text, smaller)
+            if choice == "cancel":
+                self.show_info(f"{name} was not loaded: not enough memory.")
+                return
+            if choice == "smaller":
+                self.store.set_setting("runtime", {**runtime.to_dict(), "n_ctx": smaller})
+                self.show_info(f"Loading {name} with a {smaller:,}-token context…")
+                self.client.switch_model(name)
+                return
+            self.show_info(f"Loading {name} anyway…")
+            self.client.load_anyway(name)
+            return
         self.show_info(f"Loading {name}…")
         self.client.switch_model(name)
 
@@ -679,7 +716,7 @@ class ModelsPage(QWidget):
         self.store.set_setting("model", name)
         self.show_info(f"{name} is the default model; loading it…")
         if self.client.model_name != name:
-            self.client.switch_model(name)
+            self._load_checked(name)
         self.refresh_installed()
 
     def delete_selected(self) -> None:

@@ -138,7 +138,7 @@ class LlamaRuntime:
             raise ModelLoadError(f"{path}: cannot be read ({e.strerror or e})") from None
         need = info.kv_bytes_per_token() * self.settings.n_ctx
         free = available_memory()
-        if free is not None and need > free:
+        if self.settings.check_memory and free is not None and need > free:
             raise ModelLoadError(
                 f"{path}: a context of {self.settings.n_ctx} tokens needs {need / 2**20:.0f} MiB for the KV "
                 f"cache alone, and {free / 2**20:.0f} MiB of memory is available; choose a smaller context"

@@ -39,6 +39,7 @@ class RuntimeSettings:
     n_batch: int = 256  # prompt tokens per llama_decode call: also the granularity of Stop
     flash_attn: bool = True  # faster prefill and decode on this CPU (bench/threads.py)
     session_cache_mb: int = 256  # KV states of recently used sessions kept in RAM
+    check_memory: bool = True  # refuse a context whose KV cache cannot fit (off: "load anyway")
 
     def threads(self) -> tuple[int, int]:
         return self.n_threads or default_threads(), self.n_threads_batch or default_batch_threads()

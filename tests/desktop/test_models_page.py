@@ -278,3 +278,33 @@ def test_downloaded_model_chats_after_use_now(qtbot, page, window, turns):
         page.delete(name, ask=False)
     assert not (page.dest_dir() / SMOL_FILE).exists()
     assert name not in picker(window)
+
+
+def test_a_model_that_would_not_fit_warns_with_a_smaller_context_or_load_anyway(qtbot, page, window, monkeypatch):
+    """The estimate says too big: the user is offered a smaller context, or loads anyway (the
+    runtime's own check is then skipped)."""
+    import engine.models.memory as memory
+    import engine.runtime.llama_runtime as llama_runtime
+
+    from desktop import dialogs
+
+    mib = 2**20
+    monkeypatch.setattr(memory, "available_memory", lambda: 200 * mib)  # bundled at 4096: ~212 MiB
+    asked = []
+    monkeypatch.setattr(dialogs, "too_big", lambda parent, text, smaller: asked.append((text, smaller)) or "smaller")
+    before = window.store.get_setting("runtime", {})
+    try:
+        with qtbot.waitSignal(window.client.signals.loaded, timeout=60_000) as loaded:
+            page.use_now("smollm2-135m-instruct")
+        (text, smaller), = asked
+        assert "smollm2-135m-instruct needs about" in text and "200 MiB of memory is free" in text
+        assert smaller and smaller < 4096 and loaded.args[1] == smaller
+        # load anyway: even the runtime's KV check (pretending 1 MiB free) is skipped
+        monkeypatch.setattr(dialogs, "too_big", lambda parent, text, smaller: "anyway")
+        monkeypatch.setattr(llama_runtime, "available_memory", lambda: 1 * mib)
+        window.store.set_setting("runtime", {**before, "n_ctx": 4096})
+        with qtbot.waitSignal(window.client.signals.loaded, timeout=60_000) as loaded:
+            page.use_now("smollm2-135m-instruct")
+        assert loaded.args[1] == 4096
+    finally:
+        window.store.set_setting("runtime", before)
