@@ -283,10 +283,9 @@ def test_downloaded_model_chats_after_use_now(qtbot, page, window, turns):
 def test_a_model_that_would_not_fit_warns_with_a_smaller_context_or_load_anyway(qtbot, page, window, monkeypatch):
     """The estimate says too big: the user is offered a smaller context, or loads anyway (the
     runtime's own check is then skipped)."""
-    import engine.models.memory as memory
-    import engine.runtime.llama_runtime as llama_runtime
-
     from desktop import dialogs
+    from engine.models import memory
+    from engine.runtime import llama_runtime
 
     mib = 2**20
     monkeypatch.setattr(memory, "available_memory", lambda: 200 * mib)  # bundled at 4096: ~212 MiB
