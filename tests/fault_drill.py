@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,7 @@ def kill_drill(
     report = DrillReport()
     sent: list[str] = []
     session = None
+    done: set[int] = set()  # sessions finished (their turn after the kills ran)
     for cycle in range(cycles):
         text = f"[{cycle}] {rng.choice(PROMPTS)}"
         proc = subprocess.Popen(chat_command(session, text, max_tokens), env=env, stdout=subprocess.PIPE,
@@ -75,7 +77,7 @@ def kill_drill(
                 report.failures.append(f"cycle {cycle}: integrity_check: {problems[:3]}")
             if session is None:
                 listed = store.list_sessions(limit=1)
-                session = listed[0]["id"] if listed else None
+                session = listed[0]["id"] if listed and listed[0]["id"] not in done else None
             users = [m for m in store.messages(session) if m["role"] == "user"] if session else []
             stored = {m["content"] for m in users}
             for m in store.messages(session) if session else []:
@@ -86,18 +88,23 @@ def kill_drill(
                 answer = [m for m in store.messages(session) if m["parent_id"] == _id_of(users, text)]
                 if streaming and answer and answer[-1]["finish_reason"] == "interrupted":
                     report.killed_while_streaming += 1
-            missing = [t for t in sent if t not in stored]
+            everywhere = Counter(r[0] for r in store.db.execute("SELECT content FROM messages WHERE role = 'user'"))
+            missing = list((Counter(sent) - everywhere).elements())
             if missing:
                 report.failures.append(f"cycle {cycle}: sent messages missing: {missing[:2]}")
         finally:
             store.close()
         if (cycle + 1) % check_every == 0 or cycle == cycles - 1:
+            # the turn after the kills, in the same session; then a fresh session, so the
+            # replayed history (prefilled from cold by every new process) stays short
             ok = subprocess.run(chat_command(session, "What is the capital of France?", 16), env=env,
                                 capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
             if ok.returncode != 0 or not ok.stdout.strip():
                 report.failures.append(f"cycle {cycle}: the next turn failed: {ok.stderr.strip()[-300:]}")
             else:
                 sent.append("What is the capital of France?")
+            done.add(session)
+            session = None
     report.sent = len(sent)
     return report
 
