@@ -121,6 +121,16 @@ def check_field(field: str, value: Any) -> Any:
     raise ValueError(f"unknown field {field!r}")
 
 
+def editable_values(what: str, fields: dict[str, Any], editable) -> dict[str, Any]:
+    """`fields` checked against the columns `what` may change, values validated."""
+    unknown = set(fields) - set(editable)
+    if unknown:
+        raise ValueError(
+            f"{what}: unknown field(s) {', '.join(sorted(unknown))}; editable: {', '.join(editable)}"
+        )
+    return {k: check_field(k, v) for k, v in fields.items()}
+
+
 def session_row(row: tuple) -> dict:
     d = dict(zip(SESSION_COLUMNS, row))
     d["pinned"], d["archived"] = bool(d["pinned"]), bool(d["archived"])
@@ -326,15 +336,9 @@ class Store:
 
         Bumps `updated` only for title/model/template changes (see SESSION_BUMPING).
         """
-        unknown = set(fields) - set(SESSION_EDITABLE)
-        if unknown:
-            raise ValueError(
-                f"update_session: unknown field(s) {', '.join(sorted(unknown))}; "
-                f"editable: {', '.join(SESSION_EDITABLE)}"
-            )
-        if not fields:
+        vals = editable_values("update_session", fields, SESSION_EDITABLE)
+        if not vals:
             return
-        vals = {k: check_field(k, v) for k, v in fields.items()}
         if any(k in SESSION_BUMPING for k in vals):
             vals["updated"] = self._now()
         sets = ", ".join(f"{k} = ?" for k in vals)
@@ -399,15 +403,9 @@ class Store:
 
         Does not bump the session's `updated`: add_message did at the start of the turn.
         """
-        unknown = set(fields) - set(MESSAGE_EDITABLE)
-        if unknown:
-            raise ValueError(
-                f"update_message: unknown field(s) {', '.join(sorted(unknown))}; "
-                f"editable: {', '.join(MESSAGE_EDITABLE)}"
-            )
-        if not fields:
+        vals = editable_values("update_message", fields, MESSAGE_EDITABLE)
+        if not vals:
             return
-        vals = {k: check_field(k, v) for k, v in fields.items()}
         sets = ", ".join(f"{k} = ?" for k in vals)
         with self.transaction() as conn:
             cur = conn.execute(f"UPDATE messages SET {sets} WHERE id = ?", (*vals.values(), message_id))
