@@ -391,3 +391,15 @@ def test_external_endpoint_with_wrong_result_count_fails_closed(tmp_path):
     m = Moderator.from_config(None)
     m.layers = [(Short("http://127.0.0.1:9/v1/moderations"), 1.0)]
     assert m.moderate("hello").flagged
+
+
+def test_stream_releases_a_short_first_sentence_at_once():
+    """What the user waits for is the first text: a first sentence of 20+ characters is checked
+    and shown at once; later chunks wait for min_chars (60) as before."""
+    from engine.moderation import Moderator
+
+    watcher = Moderator.from_config(None).stream("What is the capital of France?")
+    released, res = watcher.feed("The capital of France is Paris. ")
+    assert released == "The capital of France is Paris. " and res is not None and not res.flagged
+    released, res = watcher.feed("It is big. ")
+    assert released == "" and res is None  # under 60 characters: held until more arrives

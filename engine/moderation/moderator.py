@@ -254,6 +254,8 @@ class StreamModerator:
         self.prompt = prompt
         cfg = moderator.policy.stream
         self.min_chars = int(cfg.get("min_chars", 60))
+        # the first chunk may be shorter: it is what the user waits for ("first token" latency)
+        self.first_min_chars = int(cfg.get("first_min_chars", self.min_chars))
         self.max_chars = int(cfg.get("max_chars", 400))
         self.window_chars = int(cfg.get("window_chars", 600))
         self.released = ""
@@ -293,8 +295,9 @@ class StreamModerator:
 
     def _cut_point(self) -> int | None:
         last = None
+        least = self.min_chars if self.released else self.first_min_chars
         for m in self._SENTENCE_END.finditer(self.pending):
-            if m.end() >= self.min_chars:
+            if m.end() >= least:
                 last = m.end()
         if last is None and len(self.pending) >= self.max_chars:
             space = self.pending.rfind(" ", 0, self.max_chars)
