@@ -38,6 +38,13 @@ def cli(*args: str, home: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+def full_run(*args: str, home: Path) -> float:
+    """How long the command takes when nothing kills it: the kills aim inside that window."""
+    t0 = time.perf_counter()
+    assert cli(*args, home=home).wait() == 0
+    return time.perf_counter() - t0
+
+
 def kill_after(proc: subprocess.Popen, seconds: float) -> bool:
     """SIGKILL after `seconds`; True if the process was still running then."""
     time.sleep(seconds)
@@ -57,10 +64,12 @@ def source(tmp_path_factory) -> Path:
 def test_kill_9_during_export_never_leaves_a_file_that_looks_complete(source, tmp_path):
     rng = random.Random(3)
     killed = 0
+    args = ("sessions", "export", "--db", str(source), "--format", "json", "--out")
+    whole = full_run(*args, str(tmp_path / "whole.json"), home=tmp_path)
     for cycle in range(CYCLES):
         out = tmp_path / f"export-{cycle}.json"
-        proc = cli("sessions", "export", "--db", str(source), "--format", "json", "--out", str(out), home=tmp_path)
-        killed += kill_after(proc, rng.uniform(0.5, 2.5))
+        proc = cli(*args, str(out), home=tmp_path)
+        killed += kill_after(proc, rng.uniform(0.6, 0.95) * whole)
         if out.exists():  # the rename happened: the whole export is there
             assert len(json.loads(out.read_text())["sessions"]) == 400
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f".export-{cycle}.json.")]
@@ -74,12 +83,14 @@ def test_kill_9_during_import_imports_all_or_nothing(source, tmp_path):
         export_to_file(store, exported)
     rng = random.Random(4)
     killed = 0
+    scratch = tmp_path / "scratch.db"
+    whole = full_run("sessions", "import", "--db", str(scratch), str(exported), home=tmp_path)
     for cycle in range(CYCLES):
         db = tmp_path / f"target-{cycle}.db"
         with Store.open(db) as store:
             store.create_session(title="already here")
         proc = cli("sessions", "import", "--db", str(db), str(exported), home=tmp_path)
-        killed += kill_after(proc, rng.uniform(0.5, 3.0))
+        killed += kill_after(proc, rng.uniform(0.6, 0.95) * whole)
         with Store.open(db) as store:
             assert store.check_integrity() == []
             n = store.count_sessions()
