@@ -20,6 +20,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -60,9 +61,6 @@ class GenerationStats:
     ttft_s: float | None = None  # generate() called -> first token
     decode_s: float = 0.0  # first token -> last token
     tokens_per_s: float | None = None  # decode speed
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
 
 
 @dataclass
@@ -184,9 +182,6 @@ class LlamaRuntime:
             tokens.insert(0, self._bos_id)
         return tokens
 
-    def count_tokens(self, text: str) -> int:
-        return len(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
-
     def build_prompt(self, messages: list[dict[str, str]], max_tokens: int) -> Prompt:
         """The whole conversation, trimmed to the context window by dropping the oldest exchanges.
         A leading system message (the hidden instructions) and the newest user turn are kept."""
@@ -249,7 +244,7 @@ class LlamaRuntime:
         if cancel.is_set():
             stats.finish_reason = "cancelled"
             return
-        seed = s.seed if s.seed >= 0 else int.from_bytes(__import__("os").urandom(4), "little") & 0x7FFFFFFF
+        seed = s.seed if s.seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         llm.set_seed(seed)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
@@ -354,10 +349,6 @@ class LlamaRuntime:
         llm.input_ids[:n] = saved.tokens
         llm.n_tokens = n
         llm._requires_eval = True  # no logits kept: generate() decodes the last token again
-
-    def forget_session(self, session: object) -> None:
-        """Drop a session's saved state (deleted, or its history was edited)."""
-        self._sessions.pop(session, None)
 
 
 def common_prefix(a, b) -> int:
