@@ -214,6 +214,7 @@ class MainWindow(QMainWindow):
         self.session_id = None
         self.sidebar.select(None, emit=False)
         self.chat_view.show_session(None)
+        self.top_bar.clear_stats()
         self.top_bar.set_templates([(t.name, t.title) for t in self.templates], self.draft_template)
         self.pages.setCurrentIndex(0)
         self.composer.edit.setFocus()
@@ -224,6 +225,7 @@ class MainWindow(QMainWindow):
         if session_id != self.session_id:
             self.session_id = session_id
             self.chat_view.show_session(session_id)
+            self.top_bar.clear_stats()
             session = self.store.get_session(session_id)
             self.top_bar.set_templates(
                 [(t.name, t.title) for t in self.templates], session.get("template_set")

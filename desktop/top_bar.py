@@ -106,6 +106,12 @@ class TopBar(QWidget):
             self._pieces = message["completion_tokens"]
         self._show(timings.get("tokens_per_s"))
 
+    def clear_stats(self) -> None:
+        """Another chat is shown: the last turn's speed and context use belong to the old one."""
+        self._prompt_tokens = self._pieces = 0
+        self._t_first = None
+        self.stats.setText("")
+
     def _show(self, tps: float | None) -> None:
         parts = []
         if tps:
