@@ -23,11 +23,13 @@ COMMANDS: dict[str, str] = {
     "sample": "engine.training.train.sample",
     "rank": "engine.training.train.labeller",
     "reward": "engine.training.train.reward",
+    "dpo": "engine.training.train.dpo",
     "ppo": "engine.training.train.ppo",
     "eval": "engine.training.eval.tasks",
     "eval-rlhf": "engine.training.eval.rlhf",
     "data": "engine.training.data.cli",
     "pipeline": "engine.training.pipeline",
+    "finetune": "engine.finetune.cli",
 }
 
 

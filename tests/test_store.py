@@ -401,6 +401,33 @@ def test_rankings(store: Store):
         store.add_ranking(u, [a1, a1])
 
 
+def test_edit_answer_is_a_new_active_sibling(tmp_path: Path):
+    path = tmp_path / "edit.db"
+    with Store.open(path) as s:
+        sid = s.create_session("edit", template_set="concise")
+        u = s.add_message(sid, "user", "2+2?")
+        a = s.add_message(sid, "assistant", "5", finish_reason="stop", model="smollm2",
+                          template_set="concise", template_version=3, hidden="<think>hm</think>")  # fmt: skip
+        e = s.edit_answer(a, "4")
+        m = s.get_message(e)
+        assert (m["parent_id"], m["role"], m["content"], m["finish_reason"]) == (u, "assistant", "4", "edited")
+        assert (m["model"], m["template_set"], m["template_version"], m["hidden"]) == ("smollm2", "concise", 3, None)
+        assert s.get_message(a)["content"] == "5"  # the original stays, as a sibling
+        assert [x["id"] for x in s.siblings(a)] == [a, e]
+        assert s.get_session(sid)["active_leaf_id"] == e
+        assert [x["content"] for x in s.branch(sid)] == ["2+2?", "4"]
+        s.update_message(e, finish_reason="edited")  # a valid finish_reason for every writer
+        with pytest.raises(ValueError, match="not an assistant answer"):
+            s.edit_answer(u, "x")
+        with pytest.raises(ValueError, match="empty"):
+            s.edit_answer(a, "  ")
+        with pytest.raises(NotFoundError):
+            s.edit_answer(999, "x")
+        assert len(s.messages(sid)) == 3  # the refused edits wrote nothing
+    with Store.open(path) as s:  # persisted
+        assert s.get_message(e)["finish_reason"] == "edited"
+
+
 def test_settings(tmp_path: Path):
     path = tmp_path / "s.db"
     with Store.open(path) as s:

@@ -33,6 +33,7 @@ class ModelEntry:
     has_chat_template: bool = False
     size: int = 0
     added: float = 0.0
+    lineage: dict | None = None  # a fine-tuned model: base, method, data, metrics, job folder
 
     @property
     def available(self) -> bool:
@@ -80,7 +81,7 @@ def list_models() -> list[ModelEntry]:
     return out
 
 
-def add_model(path: str | Path, name: str | None = None, source: str = "added") -> ModelEntry:
+def add_model(path: str | Path, name: str | None = None, source: str = "added", lineage: dict | None = None) -> ModelEntry:
     """Register a GGUF file under `name` (default: the file name without .gguf). The file is
     checked first: one that is not valid GGUF is refused with the reason."""
     path = Path(path).expanduser().resolve()
@@ -91,7 +92,7 @@ def add_model(path: str | Path, name: str | None = None, source: str = "added") 
     entry = ModelEntry(
         name=name, path=str(path), source=source, architecture=info.architecture,
         parameters=info.parameters, quantization=info.quantization, context_length=info.context_length,
-        has_chat_template=info.chat_template is not None, size=info.size, added=time.time(),
+        has_chat_template=info.chat_template is not None, size=info.size, added=time.time(), lineage=lineage,
     )  # fmt: skip
     entries = _read()
     entries[name] = asdict(entry)

@@ -71,6 +71,10 @@ _BOOL_FIELDS = ("pinned", "archived", "flagged")
 _SESSION_SELECT = "SELECT " + ", ".join(SESSION_COLUMNS) + " FROM sessions"
 _MESSAGE_SELECT = "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM messages"
 _MAX_DEPTH_GUARD = 10_000_000  # stops a tree walk if a hand-edited file ever held a cycle
+# The finish_reason of an answer the user corrected (`Store.edit_answer`): written by a person,
+# not generated. Accepted beside db.FINISH_REASONS so such messages export and import again.
+EDITED = "edited"
+_FINISH_REASONS = (*dbm.FINISH_REASONS, EDITED)
 
 
 def _dumps(value: Any, field: str) -> str | None:
@@ -109,8 +113,8 @@ def check_field(field: str, value: Any) -> Any:
             raise ValueError(f"{field} must be True/False (or 0/1), got {value!r}")
         return int(value)
     if field == "finish_reason":
-        if value is not None and value not in dbm.FINISH_REASONS:
-            raise ValueError(f"finish_reason must be one of {', '.join(dbm.FINISH_REASONS)} or None, got {value!r}")
+        if value is not None and value not in _FINISH_REASONS:
+            raise ValueError(f"finish_reason must be one of {', '.join(_FINISH_REASONS)} or None, got {value!r}")
         return value
     if field in ("prompt_tokens", "completion_tokens"):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
@@ -411,6 +415,27 @@ class Store:
             cur = conn.execute(f"UPDATE messages SET {sets} WHERE id = ?", (*vals.values(), message_id))
             if cur.rowcount == 0:
                 raise NotFoundError(f"no message with id {message_id}")
+
+    def edit_answer(self, message_id: int, text: str) -> int:
+        """The user corrects an assistant answer; returns the id of the corrected one.
+
+        Nothing is overwritten: the correction is a new sibling (same parent) with
+        finish_reason "edited" and the original's model and template, and becomes the
+        session's active leaf. Fine-tuning reads it as a demonstration, preferred over the
+        answer it replaced (engine.finetune.sources). ValueError if the message is not an
+        assistant message or the text is empty.
+        """
+        with self.transaction():
+            original = self.get_message(message_id)
+            if original["role"] != "assistant":
+                raise ValueError(f"message {message_id} is a {original['role']} message, not an assistant answer")
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError("the corrected answer is empty")
+            return self.add_message(
+                original["session_id"], "assistant", text, parent_id=original["parent_id"],
+                finish_reason=EDITED, model=original["model"], template_set=original["template_set"],
+                template_version=original["template_version"],
+            )  # fmt: skip
 
     def get_message(self, message_id: int) -> dict:
         rows = self._read(_MESSAGE_SELECT + " WHERE id = ?", (message_id,))

@@ -191,7 +191,8 @@ def train_reward_model(cfg: RewardConfig, resume: bool = False) -> dict[str, Any
     train_s = time.time() - t0
     model = trainer.raw_model.eval()
     stats: dict[str, Any] = {"train_comparisons": len(train_items), "heldout_comparisons": len(held_items),
-                             "train_pairs": sum(len(e.pairs) for e in train_items), "train_seconds": round(train_s, 1)}
+                             "train_pairs": sum(len(e.pairs) for e in train_items), "train_seconds": round(train_s, 1),
+                             "steps": result["step"], "stop_reason": result["stop_reason"]}
     stats.update({k: v for k, v in result.items() if k.startswith("heldout")})
     # normalise on a reference set: the training answers (a seeded sample of them)
     ref = [s for e in train_items for s in e.sequences]

@@ -1,0 +1,1 @@
+"""Fine-tuning jobs: data sources, the job runner, the CLI."""
