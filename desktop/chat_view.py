@@ -138,6 +138,7 @@ class ChatView(QScrollArea):
         w.regenerate_requested.connect(self.regenerate_requested)
         w.compare_requested.connect(self.compare_requested)
         w.edit_submitted.connect(self.edit_requested)
+        w.answer_corrected.connect(self.correct_answer)
         w.feedback_given.connect(self._feedback)
         w.link_clicked.connect(self.link_clicked)
         w.set_actions_enabled(not self._busy)
@@ -161,6 +162,14 @@ class ChatView(QScrollArea):
         if self._busy or self.session_id is None:
             return
         self.store.select_branch(self.session_id, message_id)
+        self.sync()
+        self.branch_changed.emit(self.session_id)
+
+    def correct_answer(self, message_id: int, text: str) -> None:
+        """The user's own version of an answer: a new sibling shown in its place (Store.edit_answer)."""
+        if self._busy or self.session_id is None:
+            return
+        self.store.edit_answer(message_id, text)
         self.sync()
         self.branch_changed.emit(self.session_id)
 

@@ -1,6 +1,7 @@
 """One message of the conversation: header, rendered body, notices and per-message actions.
 
-A user message offers Edit (resend as a new branch) and Copy; an answer offers Copy,
+A user message offers Edit (resend as a new branch) and Copy; an answer offers Copy, Correct
+(write the answer you wanted: a new branch, kept as a demonstration for fine-tuning),
 Regenerate, Compare and thumbs up/down. When a message has siblings (other answers to the same
 prompt, or edited versions of a prompt) the header shows ‹ i/n › to move between branches.
 """
@@ -26,6 +27,7 @@ _FINISH_NOTES = {
     "cancelled": "Stopped.",
     "interrupted": "Interrupted: the app stopped while this answer was being written.",
     "length": "Cut at the answer length limit (Settings → Max tokens).",
+    "edited": "Corrected by you (kept as a demonstration for fine-tuning).",
 }
 
 
@@ -71,6 +73,7 @@ class MessageWidget(QFrame):
     regenerate_requested = Signal(int)  # the user message to answer again
     compare_requested = Signal(int, int)  # user message, the answer to compare against
     edit_submitted = Signal(int, str)  # the user message edited, the new text
+    answer_corrected = Signal(int, str)  # the answer corrected by the user, the new text
     feedback_given = Signal(int, int)  # message id, +1 / -1 / 0 (cleared)
     link_clicked = Signal(QUrl)
 
@@ -148,9 +151,13 @@ class MessageWidget(QFrame):
             for b, value in ((self.up_button, 1), (self.down_button, -1)):
                 b.setCheckable(True)
                 b.clicked.connect(lambda checked, v=value: self._rate(v if checked else 0))
-            for b in (self.regenerate_button, self.compare_button, self.up_button, self.down_button):
+            self.edit_button = _tool(
+                "Correct", "Correct answer", "Write the answer you wanted (a new branch, kept for fine-tuning)"
+            )
+            self.edit_button.clicked.connect(lambda: self.set_editing(True))
+            for b in (self.regenerate_button, self.compare_button, self.edit_button, self.up_button, self.down_button):
                 actions.addWidget(b)
-            self.action_buttons += [self.regenerate_button, self.compare_button]
+            self.action_buttons += [self.regenerate_button, self.compare_button, self.edit_button]
             if message.get("parent_id") is None:  # no prompt to answer again (the welcome chat)
                 self.regenerate_button.hide()
                 self.compare_button.hide()
@@ -240,8 +247,9 @@ class MessageWidget(QFrame):
         self.editor_bar = QWidget()
         bar = QHBoxLayout(self.editor_bar)
         bar.setContentsMargins(0, 0, 0, 0)
-        self.edit_send = QPushButton("Send")
-        self.edit_send.setAccessibleName("Send edited message")
+        user = self.message["role"] == "user"
+        self.edit_send = QPushButton("Send" if user else "Save")
+        self.edit_send.setAccessibleName("Send edited message" if user else "Save corrected answer")
         self.edit_cancel = QPushButton("Cancel")
         self.edit_cancel.setAccessibleName("Cancel editing")
         bar.addStretch(1)
@@ -270,4 +278,7 @@ class MessageWidget(QFrame):
         if not text:
             return
         self.set_editing(False)
-        self.edit_submitted.emit(self.message["id"], text)
+        if self.message["role"] == "user":
+            self.edit_submitted.emit(self.message["id"], text)
+        elif text != self.message["content"].strip():
+            self.answer_corrected.emit(self.message["id"], text)

@@ -39,7 +39,8 @@ BUSY_TIMEOUT_MS = 5000
 AUTO_FULL_CHECK_BYTES = 8 * 2**20
 SQLITE_HEADER = b"SQLite format 3\x00"
 ROLES = ("system", "user", "assistant")
-FINISH_REASONS = ("stop", "length", "content_filter", "cancelled", "interrupted")
+# "edited": an answer the user wrote in place of the model's (Store.edit_answer), not generated
+FINISH_REASONS = ("stop", "length", "content_filter", "cancelled", "interrupted", "edited")
 
 
 class StoreError(Exception):

@@ -71,10 +71,9 @@ _BOOL_FIELDS = ("pinned", "archived", "flagged")
 _SESSION_SELECT = "SELECT " + ", ".join(SESSION_COLUMNS) + " FROM sessions"
 _MESSAGE_SELECT = "SELECT " + ", ".join(MESSAGE_COLUMNS) + " FROM messages"
 _MAX_DEPTH_GUARD = 10_000_000  # stops a tree walk if a hand-edited file ever held a cycle
-# The finish_reason of an answer the user corrected (`Store.edit_answer`): written by a person,
-# not generated. Accepted beside db.FINISH_REASONS so such messages export and import again.
+# The finish_reason of an answer the user corrected (`Store.edit_answer`): written by a person
 EDITED = "edited"
-_FINISH_REASONS = (*dbm.FINISH_REASONS, EDITED)
+_FINISH_REASONS = dbm.FINISH_REASONS
 
 
 def _dumps(value: Any, field: str) -> str | None:

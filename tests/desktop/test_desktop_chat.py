@@ -98,6 +98,24 @@ def test_edit_and_resend_makes_a_branch(chat, turns, qtbot):
     assert last(chat, "assistant").message["id"] == original["id"]
 
 
+def test_correcting_an_answer_keeps_it_as_a_demonstration(chat, turns, qtbot):
+    from engine.finetune.sources import from_store
+
+    original = turns.send("Name a colour.")
+    answer = last(chat, "assistant")
+    qtbot.mouseClick(answer.edit_button, Qt.MouseButton.LeftButton)
+    assert answer.editor.isVisible() and answer.edit_send.text() == "Save"
+    answer.editor.setPlainText("Blue.")
+    qtbot.mouseClick(answer.edit_send, Qt.MouseButton.LeftButton)
+    shown = last(chat, "assistant")
+    assert shown.message["content"] == "Blue." and shown.message["finish_reason"] == "edited"
+    assert shown.message["parent_id"] == original["parent_id"] and shown.position.text() == "2/2"
+    assert "Corrected by you" in shown.footer.text()
+    data = from_store(chat.store, session_ids=[chat.session_id])
+    assert [c.messages[-1]["content"] for c in data.conversations] == ["Blue."]
+    assert [c.responses[c.ranking[0][0]] for c in data.comparisons] == ["Blue."]
+
+
 def test_flagged_prompt_shows_template_without_calling_the_model(chat, turns, qtbot):
     from engine.moderation import Moderator
 
