@@ -604,10 +604,8 @@ def stage_export(ctx: StageContext, job: JobContext) -> dict:
 
     spec = job.spec
     tuned = load(job.tuned_dir())
-    template = None
     base_gguf = job.base_gguf()
-    if base_gguf is not None:
-        template = read_gguf_info(base_gguf).chat_template
+    template = read_gguf_info(base_gguf).chat_template if base_gguf is not None else hf_chat_template(job.base_path())
     f16 = ctx.stage_dir / f"{spec.name}-f16.gguf"
     quant = ctx.stage_dir / f"{spec.name}-{spec.quant}.gguf"
     job.emit({"event": "progress", "stage": "export", "fraction": 0.1, "note": "writing the F16 GGUF"})
@@ -626,6 +624,18 @@ def stage_export(ctx: StageContext, job: JobContext) -> dict:
     rows = side_by_side(base_gguf, quant, _heldout_prompts(job, c["side_by_side"]), c["max_new_tokens"])
     (ctx.stage_dir / "side_by_side.json").write_text(json.dumps(rows, indent=2) + "\n")
     return {"model": entry.name, "gguf": str(quant), "size": entry.size}
+
+
+def hf_chat_template(folder: str) -> str | None:
+    """A Hugging Face folder's chat template (tokenizer_config.json), or None (ChatML is written)."""
+    path = Path(folder) / "tokenizer_config.json"
+    try:
+        t = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(t, list):  # several named templates: the default one
+        t = next((x.get("template") for x in t if isinstance(x, dict) and x.get("name") == "default"), None)
+    return t if isinstance(t, str) else None
 
 
 def side_by_side(base_gguf: Path | None, tuned_gguf: Path, prompts: list[list[dict]], max_tokens: int) -> list[dict]:
@@ -679,7 +689,9 @@ def run_job(job_dir: str | Path, emit: Emit = lambda e: None) -> dict:
         func, inputs, expected = STAGE_FUNCS[name]
         stages.append(Stage(name, _bound(func, job, names), tuple(i for i in inputs if i in names), expected))
     config = {name: stage_config(spec, name) for name in names}
-    config["data"] = {**config.get("data", {}), "_spec": {"base": spec.base, "data": spec.data, "method": spec.method,
+    # the data stage reads the same for dpo and rlhf (rankings), so those two share its fingerprint
+    needs = "demonstrations" if spec.method == "sft" else "rankings"
+    config["data"] = {**config.get("data", {}), "_spec": {"base": spec.base, "data": spec.data, "needs": needs,
                                                            "db": spec.db, "seed": spec.seed}}
     emit({"event": "job", "dir": str(folder), "stages": names, "method": spec.method, "base": spec.base,
           "name": spec.name})
