@@ -109,7 +109,7 @@ def teach(args) -> None:
         sft = result["stages"]["sft"]
         print(f"teach from my chats: {args.conversations} conversations, preset {args.preset}")
         print(f"  data: {data['conversations']} train / {data['heldout_conversations']} held out")
-        print(f"  stage seconds: " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in result["stages"].items()))
+        print("  stage seconds: " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in result["stages"].items()))
         print(f"  SFT {sft['steps']} steps; held-out loss {sft['heldout_loss_before']:.4f} -> {sft['heldout_loss']:.4f}")
         print(f"  Start -> registered {entry.quantization} GGUF ({entry.size / 1e6:.0f} MB): {seconds:.0f} s")
 
