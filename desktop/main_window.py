@@ -20,9 +20,9 @@ from desktop import dialogs, tasks, theme
 from desktop.chat_view import ChatView
 from desktop.compare_dialog import CompareDialog
 from desktop.composer import Composer
+from desktop.finetune_page import FinetunePage
 from desktop.inference_worker import InferenceClient, TurnRequest
 from desktop.models_page import ModelsPage
-from desktop.pages import finetune_page
 from desktop.session_list import SessionSidebar
 from desktop.top_bar import TopBar
 
@@ -71,7 +71,10 @@ class MainWindow(QMainWindow):
         self.models_page = ModelsPage(store, client)
         self.models_page.models_changed.connect(self._fill_models)
         self.pages.addTab(self.models_page, "Models")
-        self.pages.addTab(finetune_page(), "Fine-tuning")
+        self.finetune_page = FinetunePage(store, templates)
+        self.finetune_page.models_changed.connect(self._fill_models)
+        self.finetune_page.chat_with.connect(self.chat_with_model)
+        self.pages.addTab(self.finetune_page, "Fine-tuning")
         self.setCentralWidget(self.pages)
         self._menus()
         self._wire()
@@ -181,6 +184,12 @@ class MainWindow(QMainWindow):
         self.top_bar.set_models(
             self._model_names(), self.client.model_name or self.store.get_setting("model")
         )
+
+    def chat_with_model(self, name: str) -> None:
+        """A model the Fine-tuning tab made: load it (as the top bar's picker does) in a new chat."""
+        self._fill_models()
+        self.client.switch_model(name)
+        self.new_chat()
 
     def _model_names(self) -> list[str]:
         from engine.models.registry import list_models
@@ -537,6 +546,7 @@ class MainWindow(QMainWindow):
         self._live.stop()
         self.client.shutdown()
         self.models_page.shutdown()  # running downloads pause; their .part is resumed next time
+        self.finetune_page.shutdown()  # a running job checkpoints and stops; it offers Resume next time
         tasks.wait_all()
         self.store.close()
         super().closeEvent(event)

@@ -53,6 +53,8 @@ def test_only_the_training_stack_imports_torch():
 def test_the_chat_path_starts_without_torch():
     code = (
         "import sys, engine.setup, engine.chat_cli, engine.store.cli, engine.models.cli;"
+        # the Fine-tuning tab reads the user's data and sets up jobs in the window's process
+        "import engine.finetune.sources, engine.finetune.job, engine.finetune.estimate;"
         "from engine.moderation import Moderator; Moderator.from_config(None).moderate('hello');"
         "print('torch' in sys.modules)"
     )

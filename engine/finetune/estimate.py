@@ -100,6 +100,11 @@ def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens
                 tokens = min(tokens, cap * c["train"]["micro_batch_size"] * c["train"]["seq_len"])
             trained += tokens
             stages[name] = 6 * n * tokens / train_rate
+            budget = None if spec.max_steps else c["train"].get("time_budget")
+            if budget:  # the preset stops training at its time budget (evaluation and saving come on top)
+                from engine.training.train.config import parse_duration
+
+                stages[name] = min(stages[name], parse_duration(budget) * 1.1)
         elif name == "sample":
             toks = c["n_prompts"] * c["k"] * c["max_new_tokens"]
             stages[name] = 2 * n * toks / sample_rate

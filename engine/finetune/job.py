@@ -371,7 +371,8 @@ def stage_data(ctx: StageContext, job: JobContext) -> dict:
             if source.split(":", 1)[0] == "chats" and store is None:
                 from engine.store import Store
 
-                store = Store.open(spec.db) if spec.db else Store.open()
+                # the app may be writing an answer right now: not ours to mark interrupted
+                store = Store.open(spec.db, mark_interrupted=False)
             ds = ds + read_source(source, store=store)
     finally:
         if store is not None:

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from engine.training.tokenizer import Tokenizer
 from engine.training.tokenizer.chat_template import ROLES, render
 
@@ -315,7 +313,7 @@ def _row(members: Sequence[Example], cap: int, pad_id: int) -> Row:
     return Row(ids + [pad_id] * n, mask + [0] * n, doc + [-1] * n)
 
 
-def collate(rows: Sequence[Row], pad_id: int, doc_ids: bool = True) -> dict[str, torch.Tensor]:
+def collate(rows: Sequence[Row], pad_id: int, doc_ids: bool = True) -> dict[str, torch.Tensor]:  # noqa: F821
     """A batch for GPT.forward: input_ids, targets (-100 where not trained), doc_ids.
 
     Rows of different lengths (padded mode) are right-padded to the longest; padding gets its
@@ -325,6 +323,8 @@ def collate(rows: Sequence[Row], pad_id: int, doc_ids: bool = True) -> dict[str,
     """
     T = max(len(r.ids) for r in rows) - 1
     B = len(rows)
+    import torch  # here, not at the top: reading and checking data (the app) needs no torch
+
     ids = torch.full((B, T + 1), pad_id, dtype=torch.long)
     mask = torch.zeros((B, T + 1), dtype=torch.bool)
     doc = torch.full((B, T + 1), -1, dtype=torch.long)
