@@ -271,6 +271,13 @@ def count_source(spec: str, db: str | None) -> dict:
 
 
 # ---- the page ------------------------------------------------------------------------------------
+def training_available() -> bool:
+    """PyTorch and the training package are installed (the bundle leaves both out)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "engine.training"))
+
+
 class FinetunePage(QWidget):
     """The Fine-tuning tab. `store` is the window's Store (its file is the chats source), and
     `templates` the template library (the chats filter's template sets)."""
@@ -331,6 +338,12 @@ class FinetunePage(QWidget):
         self._add_source("builtin", "Built-in tasks")
         self._add_source("demo", "Preference demo")
         self.loaded = False
+        if not training_available():  # the double-click bundle ships the chat app without PyTorch
+            self.setup_view.setEnabled(False)
+            self.show_error(
+                "Fine-tuning needs the training stack (PyTorch), which this installation does not include. "
+                "Run chatfactory from source (make run), or install it with: pip install 'chatfactory[train]'."
+            )
 
     # ---- construction: the jobs list ------------------------------------------------------------
     def _jobs_panel(self) -> QWidget:
@@ -848,7 +861,7 @@ class FinetunePage(QWidget):
     def count(self, key: str) -> None:
         """Read a source again in the background; its line shows the counts when they arrive."""
         src = self.sources.get(key)
-        if src is None or key == "demo":
+        if src is None or key == "demo" or not training_available():
             return
         src.generation += 1
         src.counting, src.error = True, ""
