@@ -189,3 +189,18 @@ def test_kill_9_never_registers_a_half_made_model(tmp_path, tiny_base, moment):
     assert proc.wait(60) == 0 and events[-1]["event"] == "done", events[-1]
     assert [m.name for m in registry.list_models()].count(spec.name) == 1
     chat_once(events[-1]["gguf"])
+
+
+def test_large_base_trains_lora_adapters_merged_before_export(tmp_path, tiny_base, monkeypatch):
+    import engine.finetune.job as job_module
+
+    monkeypatch.setattr(job_module, "FULL_FINETUNE_MAX_PARAMS", 1000)  # the tiny model counts as "large"
+    spec = JobSpec(base=str(tiny_base), data=[str(conversations_file(tmp_path))], method="sft", max_steps=2,
+                   name="tiny-lora", threads=1)
+    folder = create_job(spec, tmp_path / "job")
+    result = run_job(folder, lambda e: None)
+    sft = json.loads((folder / "sft" / "sft.json").read_text())
+    assert sft["lora"]["rank"] == job_module.DEFAULT_LORA["rank"]
+    meta = json.loads((folder / "sft" / "model" / "meta.json").read_text())
+    assert meta["lora"]["merged"] is True
+    chat_once(result["gguf"])  # the merged model exports like any other

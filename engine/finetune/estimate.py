@@ -74,7 +74,11 @@ def parameters(spec: JobSpec) -> int:
             d, layers, vocab = c.get("hidden_size", 768), c.get("num_hidden_layers", 12), c.get("vocab_size", 32000)
             ff = c.get("intermediate_size", 4 * d)
             return layers * (4 * d * d + 3 * d * ff) + vocab * d
-        return 135_000_000
+        native = path / "model_config.json"  # a chatfactory folder
+        c = json.loads(native.read_text()) if native.exists() else {}
+        d, layers, vocab = c.get("d_model", 768), c.get("n_layer", 12), c.get("vocab_size", 32000)
+        ff = c.get("d_ff") or 4 * d
+        return layers * (4 * d * d + 3 * d * ff) + vocab * d
     if not path.exists():
         _, path = registry.resolve(spec.base)
     return read_gguf_info(path).parameters

@@ -71,6 +71,16 @@ PRESET_CONFIGS: dict[str, dict[str, dict]] = {
 }
 
 
+FULL_FINETUNE_MAX_PARAMS = 500_000_000  # above this, SFT trains LoRA adapters (merged before export)
+DEFAULT_LORA = {"rank": 16, "alpha": 32.0, "targets": ["q", "k", "v", "o"]}
+
+
+def base_parameters(spec: JobSpec) -> int:
+    from .estimate import parameters
+
+    return parameters(spec)
+
+
 class JobCancelled(Exception):
     """The job was stopped (Cancel, SIGTERM); its folder resumes where it stopped."""
 
@@ -456,6 +466,8 @@ def stage_sft(ctx: StageContext, job: JobContext) -> dict:
     steps = _steps_for(tokens, c["train"]["micro_batch_size"] * seq_len, epochs, cap, job.spec.max_steps)
     c["train"] = {**c["train"], "max_steps": steps, "progress": False, "ckpt_every_s": 60, "log_every": 1,
                   "threads": job.spec.threads, "seed": job.spec.seed}
+    if "lora" not in c and base_parameters(job.spec) > FULL_FINETUNE_MAX_PARAMS:
+        c["lora"] = dict(DEFAULT_LORA)  # full fine-tuning of a large model does not fit a laptop: adapters, merged at the end
     cfg = from_dict(SFTConfig, {**c, "model": job.base_path(), "data": data, "out_dir": str(ctx.stage_dir),
                                 "val_fraction": 0.1 if n_held else 0.0, "max_eval_conversations": 64})
     job.tail.follow("sft", ctx.stage_dir / "metrics.jsonl", steps)

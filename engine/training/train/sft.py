@@ -10,6 +10,11 @@ assistant tokens only (engine.training.tokenizer.chat_template), through the one
 the held-out conversations) is measured; with `eval_tasks`, the built-in task checkers run on
 the final model too. Checkpoints are native folders (`out/checkpoints/step_N`) that
 `engine.training.loader.load` and the next stages load directly; `out/sft.json` records the result.
+
+With `lora` set (`--lora-rank 16`, or `lora: {rank: 16, alpha: 32}` in a config file) only
+low-rank adapters on the chosen projections train (engine.training.model.lora); the checkpoints
+hold the frozen base and the adapters (extra `*.lora_A`/`*.lora_B` tensors: `--resume` reads them,
+`loader.load` does not), and `out/model` is the merged, ordinary model.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from engine.training.data.conversations import (
     trained_tokens,
 )
 from engine.training.model import GPT
+from engine.training.model.lora import LoRAConfig
 from engine.training.tokenizer import IM_END, IM_START, Tokenizer
 
 from .config import Flags, TrainConfig, add_config_arguments, config_from_args, save_config
@@ -63,6 +69,9 @@ class SFTConfig:
     eval_tasks: str | None = None  # "builtin" or task names: run the checkers on the final model
     eval_n: int | None = None  # held-out prompts per task (None: all)
     max_eval_conversations: int = 512  # cap on held-out conversations scored per validation
+    # LoRA adapters instead of full fine-tuning (YAML `lora: {rank: 8, alpha: 16}`): the base is
+    # frozen, checkpoints hold base + adapters, and the adapters are merged into the saved model
+    lora: LoRAConfig | None = None
     train: TrainConfig = dataclasses.field(
         default_factory=lambda: TrainConfig(lr=3e-4, max_steps=200, micro_batch_size=16, seq_len=256, decay_frac=0.5)
     )
@@ -173,6 +182,15 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     loaded = load(cfg.model)
     model, tok = loaded.model, loaded.tokenizer
     check_chat_tokens(tok, model, cfg.model)
+    lora_info = None
+    if cfg.lora is not None:
+        from engine.training.model.lora import apply_lora
+
+        total = model.num_params()
+        trainable = apply_lora(model, cfg.lora, seed=cfg.train.seed)
+        lora_info = {**cfg.lora.to_dict(), "trainable_params": trainable, "base_params": total}
+        print(f"sft: LoRA rank {cfg.lora.rank} on {', '.join(cfg.lora.targets)}: "
+              f"{trainable:,} trainable parameters ({100 * trainable / total:.2f}% of {total:,})")
     seq_len = min(cfg.train.seq_len, model.config.max_seq_len)
     cfg.train.seq_len = seq_len
     train_convs, val_convs = split(convs, cfg.val_fraction)
@@ -209,7 +227,8 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
         loss_fn=sft_loss,
         eval_fn=eval_fn,
         tokenizer=tok,
-        meta={"stage": "sft", "base_model": cfg.model, "heldout_loss_before": before},
+        meta={"stage": "sft", "base_model": cfg.model, "heldout_loss_before": before,
+              **({"lora": {**lora_info, "merged": False}} if lora_info else {})},
         resume=resume,
     )
     if trainer.dist.is_main:
@@ -227,6 +246,8 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
         "stop_reason": result["stop_reason"],
         "data": data_stats,
     }
+    if lora_info:
+        summary["lora"] = lora_info
     print(f"sft: held-out loss {before:.4f} -> {summary['heldout_loss_after']:.4f} after {result['step']} steps")
     if cfg.eval_tasks and trainer.dist.is_main:
         from engine.training.eval.tasks import evaluate_tasks, format_table
@@ -237,10 +258,27 @@ def run_sft(cfg: SFTConfig, resume: bool = False) -> dict[str, Any]:
     summary["wall_time_s"] = round(time.time() - t_start, 1)
     if trainer.dist.is_main:
         meta = {"stage": "sft", **{k: v for k, v in summary.items() if k not in ("data", "tasks")}}
-        save_model(out / MODEL_DIR, model_for_saving(trainer), tok, meta=meta)
+        if lora_info:
+            meta["lora"] = {**lora_info, "merged": True}
+        final = model_for_saving(trainer) if cfg.lora is None else _merged_model(trainer, cfg.lora)
+        save_model(out / MODEL_DIR, final, tok, meta=meta)
         (out / "sft.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         print(f"sft: model saved to {out / MODEL_DIR}")
     return summary
+
+
+def _merged_model(trainer, lora: LoRAConfig) -> GPT:
+    """The trained LoRA model with its adapters folded in: a plain GPT (the base's state-dict
+    keys) for the model folder and the exporters. The checkpoints keep the adapters."""
+    from engine.training.model.lora import apply_lora, merge_lora
+
+    if not trainer._fsdp:
+        return merge_lora(trainer.raw_model)  # in place: training is over
+    model_sd, _ = trainer._full_state_dicts()
+    copy = GPT(trainer.raw_model.config)
+    apply_lora(copy, lora)
+    copy.load_state_dict(model_sd)
+    return merge_lora(copy)
 
 
 # ---- command line ------------------------------------------------------------------------------------------
@@ -257,6 +295,8 @@ FLAGS: Flags = {
     "--seq-len": ("train.seq_len", "tokens per row (capped by the model's context)"),
     "--micro-batch-size": ("train.micro_batch_size", "rows per forward pass"),
     "--threads": ("train.threads", "torch CPU threads"),
+    "--lora-rank": ("lora.rank", "train LoRA adapters of this rank (merged into the saved model) instead of every weight"),
+    "--lora-alpha": ("lora.alpha", "LoRA scale numerator: the update is multiplied by alpha/rank (default 32)"),
     "--strict": ("strict", "stop at the first bad data line (default: skip it with a warning)",
                  {"action": "store_const", "const": True}),
     "--no-pack": ("pack", "one conversation per row, padded (default: several packed per row)",
