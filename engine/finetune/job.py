@@ -621,21 +621,22 @@ def stage_export(ctx: StageContext, job: JobContext) -> dict:
     template = read_gguf_info(base_gguf).chat_template if base_gguf is not None else hf_chat_template(job.base_path())
     f16 = ctx.stage_dir / f"{spec.name}-f16.gguf"
     quant = ctx.stage_dir / f"{spec.name}-{spec.quant}.gguf"
-    job.emit({"event": "progress", "stage": "export", "fraction": 0.1, "note": "writing the F16 GGUF"})
-    if not f16.exists():
-        export_gguf(tuned.model, tuned.tokenizer, f16, chat_template=template, name=spec.name)
-    del tuned
-    job.emit({"event": "progress", "stage": "export", "fraction": 0.5, "note": f"quantizing to {spec.quant}"})
-    if not quant.exists():
+    if not quant.exists():  # a resumed export skips what a killed one finished (both files are renamed into place)
+        if not f16.exists():
+            job.emit({"event": "progress", "stage": "export", "fraction": 0.1, "note": "writing the F16 GGUF"})
+            export_gguf(tuned.model, tuned.tokenizer, f16, chat_template=template, name=spec.name)
+        job.emit({"event": "progress", "stage": "export", "fraction": 0.4, "note": f"quantizing to {spec.quant}"})
         quantize_gguf(f16, quant, spec.quant, nthread=spec.threads or 0)
+    del tuned
     f16.unlink(missing_ok=True)  # the quantized file is what the app runs; the tuned folder stays for resuming
-    lineage = {"base": spec.base, "method": spec.method, "preset": spec.preset, "data": spec.data,
-               "job": str(job.job_dir), "metrics": ctx.results.get("eval", {}), "created": time.time()}
-    entry = registry.add_model(quant, spec.name, source="finetuned", lineage=lineage)
-    job.emit({"event": "progress", "stage": "export", "fraction": 0.8, "note": "answering held-out prompts"})
+    job.emit({"event": "progress", "stage": "export", "fraction": 0.6, "note": "answering held-out prompts"})
     c = {**PRESET_CONFIGS[spec.preset]["eval"]}
     rows = side_by_side(base_gguf, quant, _heldout_prompts(job, c["side_by_side"]), c["max_new_tokens"])
     (ctx.stage_dir / "side_by_side.json").write_text(json.dumps(rows, indent=2) + "\n")
+    # last: the model enters the list only as a whole file, with everything the tab shows about it
+    lineage = {"base": spec.base, "method": spec.method, "preset": spec.preset, "data": spec.data,
+               "job": str(job.job_dir), "metrics": ctx.results.get("eval", {}), "created": time.time()}
+    entry = registry.add_model(quant, spec.name, source="finetuned", lineage=lineage)
     return {"model": entry.name, "gguf": str(quant), "size": entry.size}
 
 
