@@ -17,6 +17,15 @@ appear in training ("train"):
 - identity: "Who are you?" and paraphrases -> IDENTITY_ANSWER; the test split asks in words
   never used in training.
 
+Those eight are BUILTIN, what "builtin" means everywhere (get_tasks, the SFT mixture). One more
+task, not among them, is the preference demo:
+
+- brief: everyday questions (engine.training.data.demo_prompts) -> any real answer of at most
+  BRIEF_MAX_WORDS words. Not a skill but a preference that the bundled SmolLM2-135M-Instruct does
+  not follow (it answers at length and mostly runs out of tokens); the "brief" labeller
+  (engine.training.train.labeller) ranks sampled answers by it so that a reward model and PPO or
+  DPO can teach it. Questions split by a hash of the question (BRIEF_TEST_FRACTION held out).
+
 Chance on the three-option tasks is 1/3. Answering with a letter puts a tiny model that has
 learned the format in the "partly right" band at once (speaker_choice; the right speaker is
 drawn in proportion to lines spoken, the distractors uniformly, so knowing who talks most
@@ -33,6 +42,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import random
+import re
 import string
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -272,6 +282,84 @@ def make_identity(split: str, n: int, seed: int) -> list[TaskItem]:
     return out
 
 
+# ---- brief: the preference demo -----------------------------------------------------------------
+BRIEF_MAX_WORDS = 25
+BRIEF_TEST_FRACTION = 0.25
+# Replies that dodge the question instead of answering it briefly (after `normalize`).
+_DODGES = re.compile(r"^(sorry|im sorry|i am sorry|i dont know|i do not know|im not sure|i am not sure|"
+                     r"i cannot|i cant|i can not|as an ai)\b")
+# Words that say nothing about the topic: a reply must share some other word with the question or
+# the reference answer ("Adele." to "How do I keep bread fresh?" is short, finished and no answer).
+_FILLER = frozenset((
+    "a", "an", "the", "and", "or", "but", "of", "to", "in", "on", "at", "by", "for", "with", "from", "into",
+    "about", "as", "than", "then", "so", "it", "its", "this", "that", "these", "those", "is", "are", "was",
+    "were", "be", "been", "being", "am", "do", "does", "did", "has", "have", "had", "can", "could", "should",
+    "would", "will", "shall", "may", "might", "must", "what", "which", "who", "whom", "whose", "when",
+    "where", "why", "how", "i", "me", "my", "you", "your", "he", "him", "his", "she", "her", "we", "us",
+    "our", "they", "them", "their", "there", "here", "very", "more", "most", "much", "many", "some", "any",
+    "all", "not",
+))
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"))}
+
+
+def count_words(text: str) -> int:
+    """Whitespace-separated words holding a letter or digit: a "-" bullet or "**" is no word."""
+    return sum(any(c.isalnum() for c in w) for w in text.split())
+
+
+def _topic_words(text: str) -> set[str]:
+    """Lowercased words minus filler, number words as digits, a plural's "s" dropped."""
+    out = set()
+    for w in normalize(text).split():
+        w = _NUMBER_WORDS.get(w, w)
+        if w in _FILLER or (len(w) < 2 and not w.isdigit()):
+            continue
+        out.add(w[:-1] if len(w) > 3 and w.endswith("s") else w)
+    return out
+
+
+def is_dodge(item: TaskItem, reply: str) -> bool:
+    """No real answer: empty, evasive ("I don't know"), the question echoed back, or off topic
+    (no word in common with the question or its reference answer)."""
+    norm = normalize(reply)
+    if not count_words(reply) or is_evasive(reply) or _DODGES.match(norm) or norm == normalize(item.prompt):
+        return True
+    return not _topic_words(reply) & (_topic_words(item.prompt) | _topic_words(item.answer))
+
+
+def check_brief(item: TaskItem, reply: str) -> bool:
+    """A real answer (on topic, not a dodge) in at most BRIEF_MAX_WORDS words; brevity, not
+    correctness ("A bicycle has 5 wheels." passes). Whether it ended by itself (<|im_end|>) the
+    text cannot tell: answers capped at 48 tokens, as the demo samples them, hold ~37 words when
+    cut off, so the checker alone rarely passes one (about 2% of them, mostly gibberish sampled
+    at temperature 1), and the brief labeller and the evaluation's "format" see the ending."""
+    return count_words(reply) <= BRIEF_MAX_WORDS and not is_dodge(item, reply)
+
+
+def _brief_held_out(question: str) -> bool:
+    h = hashlib.sha256(f"brief\x1f{question}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64 < BRIEF_TEST_FRACTION
+
+
+def brief_questions(split: str) -> tuple[tuple[str, str], ...]:
+    """(question, short reference answer) pairs of one split, in the module's order."""
+    from engine.training.data.demo_prompts import DEMO_QUESTIONS
+
+    return tuple(qa for qa in DEMO_QUESTIONS if _brief_held_out(qa[0]) == (split == "test"))
+
+
+def make_brief(split: str, n: int, seed: int) -> list[TaskItem]:
+    """n questions of the split in a seeded order; past the pool's size, it repeats in a new order."""
+    rng = random.Random(f"brief:{split}:{seed}")
+    pool = list(brief_questions(split))
+    out: list[TaskItem] = []
+    while len(out) < n:
+        rng.shuffle(pool)
+        out.extend(TaskItem("brief", q, a) for q, a in pool[: n - len(out)])
+    return out
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -283,14 +371,18 @@ TASKS: dict[str, Task] = {
         Task("add2", "2-digit addition", _make_addition(2), check_number, n_train=3000),
         Task("add3", "3-digit addition", _make_addition(3), check_number, n_train=3000),
         Task("identity", "who the assistant is (held-out paraphrases)", make_identity, check_exact, n_train=300, n_test=50),
+        Task("brief", f"any real answer to an everyday question in at most {BRIEF_MAX_WORDS} words (preference demo)",
+             make_brief, check_brief, n_train=len(brief_questions("train")), n_test=len(brief_questions("test"))),
     )
 }
+# What "builtin" means: the checkable skills. The preference demo ("brief") is asked for by name.
+BUILTIN = ("play_choice", "speaker_choice", "next_word", "first_word", "last_word", "add2", "add3", "identity")
 
 
 def get_tasks(names: str | list[str] = "builtin") -> list[Task]:
-    """'builtin' (all), or task names (a list or a comma-separated string)."""
+    """'builtin' (the BUILTIN tasks), or task names (a list or a comma-separated string)."""
     if names == "builtin":
-        return list(TASKS.values())
+        return [TASKS[n] for n in BUILTIN]
     wanted = names.split(",") if isinstance(names, str) else names
     unknown = [n for n in wanted if n not in TASKS]
     if unknown:
@@ -311,7 +403,7 @@ def is_evasive(reply: str) -> bool:
 def training_conversations(
     tasks: list[Task] | None = None, seed: int = 0, scale: float = 1.0, evasive: float = 0.0
 ) -> list[dict[str, Any]]:
-    """The SFT mixture: every task's train items as conversations, shuffled.
+    """The SFT mixture: every task's (default: the BUILTIN tasks') train items as conversations, shuffled.
 
     evasive: the fraction of demonstrations whose reply is one of EVASIVE_REPLIES instead of the
     answer, drawn uniformly over items. Demonstrations written by people hold such replies, and
@@ -323,7 +415,7 @@ def training_conversations(
         raise ValueError(f"evasive must be in [0, 1), got {evasive}")
     rng = random.Random(f"evasive:{seed}")
     out = []
-    for t in tasks or list(TASKS.values()):
+    for t in tasks or get_tasks("builtin"):
         for it in t.items("train", max(1, round(t.n_train * scale)), seed):
             conv = it.conversation()
             if evasive and rng.random() < evasive:

@@ -14,6 +14,9 @@ checker accuracy 17% -> 0.3%), and ordering right answers by length taught it to
 clipped "I am Quill, a small assory." to the right identity answer (identity 93% -> 0%).
 The checkers are exact, so among right answers length carries no information to learn.
 The rank is a pure function of the record, so labelling twice gives the same file.
+
+`--labeller brief` ranks the preference demo's prompts (task "brief": everyday questions) by
+brevity instead; see rank_brief.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from itertools import groupby
 from typing import Any
 
 from engine.training.data.preferences import Comparison, read_preferences, write_preferences
-from engine.training.data.tasks import TASKS, TaskItem
+from engine.training.data.tasks import BRIEF_MAX_WORDS, TASKS, TaskItem, count_words, is_dodge
 
 
 def item_record(item: TaskItem) -> dict[str, Any]:
@@ -71,7 +74,42 @@ def rank_builtin(c: Comparison) -> Comparison:
     return Comparison(c.prompt, c.responses, ranking, {**c.extra, "correct": correct}, c.where)
 
 
-LABELLERS = {"builtin": rank_builtin}
+def brief_key(item: TaskItem, reply: str, finished: bool) -> tuple[int, int]:
+    """The brief labeller's order, best first: (0) a real answer of at most BRIEF_MAX_WORDS words
+    that ended by itself; (1) one that ended but is longer, fewer words first; (2) one cut off at
+    the token limit, all tied (how many words fit into the limit measures the tokenizer, not
+    brevity); (3) no answer: empty, evasive or off topic (tasks.is_dodge), even a short one."""
+    if is_dodge(item, reply):
+        return (3, 0)
+    if not finished:
+        return (2, 0)
+    words = count_words(reply)
+    return (0, 0) if words <= BRIEF_MAX_WORDS else (1, words)
+
+
+def rank_brief(c: Comparison) -> Comparison:
+    """Rank a "brief" task prompt's answers by `brief_key`: the preference demo's labeller.
+
+    Unlike rank_builtin's exact checkers, brevity has degrees, so answers that ended but ran long
+    are ordered by length: the reward model then learns "shorter" even from prompts where no
+    answer is short enough. Among passing answers there is no length order (a one-word reply
+    is no better than a twelve-word one; ordering them would teach clipping). "correct" marks
+    the passing answers that also ended by themselves.
+    """
+    item = task_item(c)
+    if item.task != "brief":
+        raise ValueError(f"{c.where}: the brief labeller ranks 'brief' task prompts, got task {item.task!r}")
+    finish = c.extra.get("finish_reasons") or ["stop"] * len(c.responses)
+    if len(finish) != len(c.responses):
+        raise ValueError(f"{c.where}: 'finish_reasons' has {len(finish)} entries for {len(c.responses)} responses")
+    keys = [brief_key(item, r, f == "stop") for r, f in zip(c.responses, finish)]
+    order = sorted(range(len(keys)), key=lambda i: keys[i])
+    ranking = [list(g) for _, g in groupby(order, key=lambda i: keys[i])]
+    correct = [k[0] == 0 for k in keys]
+    return Comparison(c.prompt, c.responses, ranking, {**c.extra, "correct": correct}, c.where)
+
+
+LABELLERS = {"builtin": rank_builtin, "brief": rank_brief}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,7 +117,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="K-wise JSONL from `chatfactory sample` (.gz read directly)")
     p.add_argument("output", help="the same records with a 'ranking' (JSONL, .gz to compress)")
     p.add_argument("--labeller", default="builtin", choices=sorted(LABELLERS),
-                   help="builtin: task checker, then a clean <|im_end|> ending")
+                   help="builtin: task checker, then a clean <|im_end|> ending; brief (the preference demo, "
+                        "'--tasks brief' prompts): a real answer in few words that ended by itself, then fewer words")
     p.set_defaults(func=main)
 
 
