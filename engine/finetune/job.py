@@ -49,24 +49,25 @@ PRESET_CONFIGS: dict[str, dict[str, dict]] = {
     "quick": {
         "sft": {"epochs": 1, "max_steps": 40, "train": {"lr": 5e-5, "seq_len": 256, "micro_batch_size": 4,
                                                        "time_budget": "6m", "warmup_steps": 2}},
-        "sample": {"n_prompts": 96, "k": 4, "temperature": 1.0, "max_new_tokens": 48},
-        "reward": {"max_len": 160, "epochs": 2, "freeze_layers": 0,
+        # the preference demo (measured in BENCHMARKS.md): temperature 0.7, as 1.0 samples drift into gibberish
+        "sample": {"n_prompts": 96, "k": 4, "temperature": 0.7, "max_new_tokens": 48},
+        "reward": {"max_len": 128, "epochs": 2, "freeze_layers": 20,
                    "train": {"lr": 3e-5, "micro_batch_size": 8, "warmup_steps": 2, "max_steps": 40}},
-        "ppo": {"max_new_tokens": 48, "rollout_batch": 16, "minibatch_size": 8, "ppo_epochs": 2,
-                "kl_coef": 0.05, "train": {"lr": 2e-6, "max_steps": 12, "micro_batch_size": 8}},
-        "dpo": {"beta": 0.1, "max_len": 160, "epochs": 2,
-                "train": {"lr": 1e-6, "micro_batch_size": 4, "max_steps": 40}},
-        "eval": {"n": 32, "max_new_tokens": 48, "side_by_side": 4},
+        "ppo": {"max_new_tokens": 48, "temperature": 0.7, "rollout_batch": 16, "minibatch_size": 16, "ppo_epochs": 1,
+                "kl_coef": 0.02, "train": {"lr": 1e-5, "max_steps": 10, "micro_batch_size": 8}},
+        "dpo": {"beta": 0.1, "max_len": 128, "epochs": 1,
+                "train": {"lr": 5e-6, "micro_batch_size": 4, "max_steps": 30, "warmup_steps": 2}},
+        "eval": {"n": 82, "kl_prompts": 32, "max_new_tokens": 48, "side_by_side": 4},
     },
     "thorough": {
         "sft": {"epochs": 3, "max_steps": 400, "train": {"lr": 3e-5, "seq_len": 512, "micro_batch_size": 4,
                                                         "warmup_steps": 10}},
-        "sample": {"n_prompts": 200, "k": 4, "temperature": 1.0, "max_new_tokens": 64},
+        "sample": {"n_prompts": 227, "k": 4, "temperature": 0.7, "max_new_tokens": 48},
         "reward": {"max_len": 256, "epochs": 2, "train": {"lr": 2e-5, "micro_batch_size": 8, "warmup_steps": 5}},
-        "ppo": {"max_new_tokens": 64, "rollout_batch": 32, "minibatch_size": 8, "ppo_epochs": 4,
-                "kl_coef": 0.05, "train": {"lr": 1e-6, "max_steps": 60, "micro_batch_size": 8}},
+        "ppo": {"max_new_tokens": 48, "temperature": 0.7, "rollout_batch": 32, "minibatch_size": 16, "ppo_epochs": 2,
+                "kl_coef": 0.02, "train": {"lr": 5e-6, "max_steps": 40, "micro_batch_size": 8}},
         "dpo": {"beta": 0.1, "max_len": 256, "epochs": 3, "train": {"lr": 5e-7, "micro_batch_size": 4}},
-        "eval": {"n": 100, "max_new_tokens": 64, "side_by_side": 6},
+        "eval": {"n": 82, "kl_prompts": 64, "max_new_tokens": 48, "side_by_side": 6},
     },
 }
 
@@ -592,7 +593,7 @@ def stage_eval(ctx: StageContext, job: JobContext) -> dict:
         from engine.training.sampler import SamplingParams
         from engine.training.train.sample import generate_answers
 
-        prompts = _heldout_prompts(job, c["n"]) or [[{"role": "user", "content": "Hello! Who are you?"}]]
+        prompts = _heldout_prompts(job, c["kl_prompts"]) or [[{"role": "user", "content": "Hello! Who are you?"}]]
         ref = load(job.base_path())
         answers = [a[0] for a in generate_answers(tuned.model, tuned.tokenizer, prompts,
                                                   SamplingParams(max_new_tokens=c["max_new_tokens"], temperature=1.0,
