@@ -149,7 +149,7 @@ def demo(args) -> None:
                 "method": method, "seconds": round(seconds), "checker_base": ev.get("checker_base"),
                 "checker_tuned": ev.get("checker_tuned"), "kl_to_base": ev.get("kl_to_base"),
                 "reward_heldout_accuracy": ev.get("reward_heldout_accuracy"),
-                "dpo_heldout_accuracy": ev.get("dpo_heldout_accuracy"),
+                "dpo_heldout_accuracy": ev.get("dpo_heldout_accuracy_after"),
                 "oasst_loss_base": loss_base, "oasst_loss_tuned": loss_tuned,
                 "stage_seconds": {k: v.get("seconds") for k, v in result["stages"].items()},
                 "sample": result["stages"].get("sample"),

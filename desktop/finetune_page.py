@@ -64,6 +64,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import dialogs, tasks
+from desktop.banner import MessageBanner
 from desktop.charts import LineChart
 
 log = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ def training_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("torch", "engine.training"))
 
 
-class FinetunePage(QWidget):
+class FinetunePage(MessageBanner, QWidget):
     """The Fine-tuning tab. `store` is the window's Store (its file is the chats source), and
     `templates` the template library (the chats filter's template sets)."""
 
@@ -675,24 +676,6 @@ class FinetunePage(QWidget):
                 if "palette(" in sheet:
                     label.setStyleSheet("")
                     label.setStyleSheet(sheet)
-
-    # ---- messages -------------------------------------------------------------------------------
-    def show_error(self, text: str) -> None:
-        self.message.setStyleSheet("background: #fdecea; color: #8a1c1c; padding: 6px; border-radius: 4px;")
-        self._show_message(text)
-
-    def show_info(self, text: str) -> None:
-        self.message.setStyleSheet("background: #e8f4ea; color: #1b5e20; padding: 6px; border-radius: 4px;")
-        self._show_message(text)
-
-    def _show_message(self, text: str) -> None:
-        self.message.setText(text)
-        self.message.show()
-        self.message_shown.emit(text)
-
-    def clear_message(self) -> None:
-        self.message.clear()
-        self.message.hide()
 
     # ---- filling --------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:

@@ -40,6 +40,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop import dialogs
+from desktop.banner import MessageBanner
 
 log = logging.getLogger(__name__)
 DEFAULT_N_CTX = 4096
@@ -290,7 +291,7 @@ class DownloadControls(QWidget):
 
 
 # ---- the page ----------------------------------------------------------------------------------
-class ModelsPage(QWidget):
+class ModelsPage(MessageBanner, QWidget):
     """The Models tab. `endpoint`, `token`, `download_dir` and `chunk_size` are None in the app
     (huggingface-hub's endpoint and token, the cache's models folder, the engine's 1 MiB reads);
     tests point them elsewhere."""
@@ -409,24 +410,6 @@ class ModelsPage(QWidget):
             return int(self.runtime().get("n_ctx") or DEFAULT_N_CTX)
         except (TypeError, ValueError):
             return DEFAULT_N_CTX
-
-    # ---- messages ------------------------------------------------------------------------------
-    def show_error(self, text: str) -> None:
-        self.message.setStyleSheet("background: #fdecea; color: #8a1c1c; padding: 6px; border-radius: 4px;")
-        self._show_message(text)
-
-    def show_info(self, text: str) -> None:
-        self.message.setStyleSheet("background: #e8f4ea; color: #1b5e20; padding: 6px; border-radius: 4px;")
-        self._show_message(text)
-
-    def _show_message(self, text: str) -> None:
-        self.message.setText(text)
-        self.message.show()
-        self.message_shown.emit(text)
-
-    def clear_message(self) -> None:
-        self.message.clear()
-        self.message.hide()
 
     # ---- filling -------------------------------------------------------------------------------
     def showEvent(self, event: QShowEvent) -> None:

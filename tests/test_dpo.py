@@ -159,3 +159,17 @@ def test_given_comparisons_expand_to_pairs(tiny, tmp_path):
     summary = train_dpo(cfg, comparisons=comps)
     assert summary["train_pairs"] + summary["heldout_pairs"] == 50
     assert summary["data"]["train_comparisons"] == 9 and summary["heldout_pairs"] == 5
+
+
+def test_frozen_lower_layers_stay_as_they_were(tiny, tmp_path):
+    from engine.training.loader import load
+
+    cfg = config(tiny, tmp_path, max_steps=3, lr=1e-3)
+    cfg.freeze_layers = 1
+    train_dpo(cfg)
+    before, after = load(tiny).model.state_dict(), load(tmp_path / "dpo" / "model").model.state_dict()
+    frozen = [k for k in before if k.startswith(("embed", "layers.0."))]
+    trained = [k for k in before if k.startswith("layers.1.") and k.endswith("weight")]
+    assert frozen and trained
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in trained)

@@ -51,12 +51,12 @@ PRESET_CONFIGS: dict[str, dict[str, dict]] = {
                                                        "time_budget": "6m", "warmup_steps": 2}},
         # the preference demo (measured in BENCHMARKS.md): temperature 0.7, as 1.0 samples drift into gibberish
         "sample": {"n_prompts": 96, "k": 4, "temperature": 0.7, "max_new_tokens": 48},
-        "reward": {"max_len": 128, "epochs": 2, "freeze_layers": 20,
-                   "train": {"lr": 3e-5, "micro_batch_size": 8, "warmup_steps": 2, "max_steps": 40}},
+        "reward": {"max_len": 128, "epochs": 2, "freeze_fraction": 0.67,
+                   "train": {"lr": 3e-5, "micro_batch_size": 8, "warmup_steps": 2, "max_steps": 12}},
         "ppo": {"max_new_tokens": 48, "temperature": 0.7, "rollout_batch": 16, "minibatch_size": 16, "ppo_epochs": 1,
-                "kl_coef": 0.02, "train": {"lr": 1e-5, "max_steps": 10, "micro_batch_size": 8}},
-        "dpo": {"beta": 0.1, "max_len": 128, "epochs": 1,
-                "train": {"lr": 5e-6, "micro_batch_size": 4, "max_steps": 30, "warmup_steps": 2}},
+                "kl_coef": 0.02, "freeze_fraction": 0.67, "train": {"lr": 2e-5, "max_steps": 16, "micro_batch_size": 8}},
+        "dpo": {"beta": 0.1, "max_len": 128, "epochs": 1, "freeze_fraction": 0.67,
+                "train": {"lr": 1e-5, "micro_batch_size": 4, "max_steps": 30, "warmup_steps": 2}},
         "eval": {"n": 82, "kl_prompts": 32, "max_new_tokens": 48, "side_by_side": 4},
     },
     "thorough": {
@@ -477,6 +477,30 @@ def stage_sft(ctx: StageContext, job: JobContext) -> dict:
             "steps": summary["steps"], "train_time_s": summary["train_time_s"]}
 
 
+def _freeze(c: dict, job: JobContext) -> dict:
+    """A preset's freeze_fraction (the share of blocks kept fixed: a cheaper backward on a CPU) as
+    the stage's freeze_layers for this base model."""
+    frac = c.pop("freeze_fraction", 0.0)
+    if frac and "freeze_layers" not in c:
+        c["freeze_layers"] = int(base_layers(job) * frac)
+    return c
+
+
+def base_layers(job: JobContext) -> int:
+    """The base model's number of blocks, from its GGUF header or config (no weights loaded)."""
+    from engine.models import registry
+    from engine.models.gguf_info import read_gguf_info
+
+    p = job.base_path()
+    if p == registry.DEFAULT_MODEL or p.endswith(".gguf"):
+        info = read_gguf_info(registry.resolve(p)[1] if p == registry.DEFAULT_MODEL else p)
+        return int(info.arch_value("block_count", 0))
+    folder = Path(p)
+    if (folder / "model_config.json").exists():
+        return int(json.loads((folder / "model_config.json").read_text())["n_layer"])
+    return int(json.loads((folder / "config.json").read_text()).get("num_hidden_layers", 0))
+
+
 def _has_checkpoint(stage_dir: Path) -> bool:
     ck = stage_dir / "checkpoints"
     return ck.exists() and any(ck.iterdir())
@@ -492,7 +516,7 @@ def stage_reward(ctx: StageContext, job: JobContext) -> dict:
     from engine.training.train.config import from_dict
     from engine.training.train.reward import RewardConfig, train_reward_model
 
-    c = dict(ctx.config)
+    c = _freeze(dict(ctx.config), job)
     cap = c.pop("max_steps", None) or c["train"].get("max_steps")
     files = _preference_files(job)
     n = _comparison_count(files)
@@ -510,7 +534,7 @@ def stage_ppo(ctx: StageContext, job: JobContext) -> dict:
     from engine.training.train.config import from_dict
     from engine.training.train.ppo import PPOConfig, train_ppo
 
-    c = dict(ctx.config)
+    c = _freeze(dict(ctx.config), job)
     c.pop("max_steps", None)
     prompts = ctx.stage_dir / "prompts.jsonl"
     if not prompts.exists():
@@ -534,7 +558,7 @@ def stage_dpo(ctx: StageContext, job: JobContext) -> dict:
     from engine.training.train.config import from_dict
     from engine.training.train.dpo import DPOConfig, train_dpo
 
-    c = dict(ctx.config)
+    c = _freeze(dict(ctx.config), job)
     cap = c.pop("max_steps", None) or c["train"].get("max_steps")
     epochs = c.pop("epochs", 1)
     files = _preference_files(job)
@@ -601,7 +625,7 @@ def stage_eval(ctx: StageContext, job: JobContext) -> dict:
         out["kl_to_base"] = sequence_kl(tuned.model, ref.model, answers, 1.0, tuned.tokenizer.pad_id)
     results = ctx.results
     for stage, keys in (("sft", ("heldout_loss_before", "heldout_loss")), ("reward", ("heldout_accuracy",)),
-                        ("dpo", ("heldout_accuracy_before", "heldout_accuracy")), ("ppo", ("kl", "reward"))):
+                        ("dpo", ("heldout_accuracy_before", "heldout_accuracy_after")), ("ppo", ("kl", "reward"))):
         for k in keys:
             if k in results.get(stage, {}):
                 out[f"{stage}_{k}"] = results[stage][k]

@@ -63,6 +63,7 @@ class DPOConfig:
     out_dir: str = "runs/dpo"
     beta: float = 0.1  # strength of the pull toward the reference (the implicit reward's scale)
     label_smoothing: float = 0.0  # cDPO: the assumed chance that a label is flipped, in [0, 0.5)
+    freeze_layers: int = 0  # keep the embeddings and the first N blocks fixed (cheaper backward on a CPU)
     val_fraction: float = 0.1  # fraction of prompts held out (by prompt)
     max_len: int = 256  # tokens per prompt + answer (capped by the model's context)
     limit: int | None = None  # use only the first N comparisons of each file
@@ -310,6 +311,10 @@ def train_dpo(cfg: DPOConfig, resume: bool | str = False, comparisons: Sequence[
     loaded = load(cfg.model)
     model, tok = loaded.model, loaded.tokenizer
     check_chat_tokens(tok, model, cfg.model)
+    if cfg.freeze_layers:
+        from .reward import freeze_bottom
+
+        freeze_bottom(model, cfg.freeze_layers)
     max_len = min(cfg.max_len, model.config.max_seq_len)
     train_c, held_c = split_held_out(comps, cfg.val_fraction, seed=tcfg.seed)
     train_items = [p for c in train_c for p in encode_pairs(c, tok, max_len)]

@@ -88,6 +88,7 @@ class PPOConfig:
     ptx_coef: float = 0.0  # PPO-ptx: weight of a language-model loss on ptx_data (0 = off)
     ptx_data: str = "builtin"  # "builtin" (the task conversations) or a conversations JSONL
     ema: float | None = None  # EMA decay of the policy (e.g. 0.99); the saved model is then the EMA
+    freeze_layers: int = 0  # actor and critic keep the embeddings and first N blocks fixed (cheaper backward on a CPU)
     eval_every: int = 0  # steps between held-out evaluations (0: only at the end)
     eval_n: int = 50  # held-out prompts per task for those evaluations
     out_dir: str = "runs/ppo"
@@ -307,6 +308,11 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
     dinfo = setup_distributed(tcfg.device)
     torch.manual_seed(tcfg.seed)
     actor, tok, ref, rm, critic = build_models(cfg, dinfo.device)
+    if cfg.freeze_layers:
+        from .reward import freeze_bottom
+
+        freeze_bottom(actor, cfg.freeze_layers)
+        freeze_bottom(critic.backbone, cfg.freeze_layers)
     prompts = load_prompts(cfg, tcfg.seed)
     check = checker_for(prompts)
     kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
