@@ -324,7 +324,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
     from .reward import save_checkpoint_weights
 
     def evaluate(model: ActorCritic) -> dict[str, float]:
-        if check is None:
+        if check is None or not cfg.eval_n:  # eval_n 0: the caller evaluates (a fine-tuning job's eval stage)
             return {}
         from engine.training.eval.tasks import evaluate_tasks
 
