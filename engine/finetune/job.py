@@ -603,10 +603,10 @@ def stage_eval(ctx: StageContext, job: JobContext) -> dict:
     c = {**PRESET_CONFIGS[job.spec.preset]["eval"], **ctx.config}
     out: dict[str, Any] = {}
     tuned = load(job.tuned_dir())
+    base = load(job.base_path()) if DEMO in job.spec.data or job.spec.method != "sft" else None
     if DEMO in job.spec.data:
         from engine.training.eval.tasks import evaluate_tasks
 
-        base = load(job.base_path())
         for name, m in (("base", base), ("tuned", tuned)):
             r = evaluate_tasks(m.model, m.tokenizer, "brief", n=c["n"], max_new_tokens=c["max_new_tokens"],
                                seed=job.spec.seed, with_loss=False)
@@ -618,11 +618,10 @@ def stage_eval(ctx: StageContext, job: JobContext) -> dict:
         from engine.training.train.sample import generate_answers
 
         prompts = _heldout_prompts(job, c["kl_prompts"]) or [[{"role": "user", "content": "Hello! Who are you?"}]]
-        ref = load(job.base_path())
         answers = [a[0] for a in generate_answers(tuned.model, tuned.tokenizer, prompts,
                                                   SamplingParams(max_new_tokens=c["max_new_tokens"], temperature=1.0,
                                                                  seed=job.spec.seed))]
-        out["kl_to_base"] = sequence_kl(tuned.model, ref.model, answers, 1.0, tuned.tokenizer.pad_id)
+        out["kl_to_base"] = sequence_kl(tuned.model, base.model, answers, 1.0, tuned.tokenizer.pad_id)
     results = ctx.results
     for stage, keys in (("sft", ("heldout_loss_before", "heldout_loss")), ("reward", ("heldout_accuracy",)),
                         ("dpo", ("heldout_accuracy_before", "heldout_accuracy_after")), ("ppo", ("kl", "reward"))):
