@@ -76,6 +76,20 @@ ESTIMATE_DELAY_MS = 150
 CHATS_DELAY_MS = 300
 KEY_ROLE = Qt.ItemDataRole.UserRole
 CHOOSE_FILE, CHOOSE_FOLDER = "\0file", "\0folder"
+SCRATCH = "scratch:"  # engine.finetune.job.SCRATCH (read here without importing the job module)
+
+
+def scratch_choices() -> list[tuple[str, str]]:
+    """(preset, what it trains) for each pre-training preset a job can start from nothing."""
+    from engine.finetune.job import scratch_presets
+    from engine.training import pipeline
+
+    out = []
+    for name in scratch_presets():
+        cfg = pipeline.load_pipeline_config(name)
+        about = " ".join(str(cfg.get("description", "")).split())
+        out.append((name, f"Train a new model from nothing, then SFT on your data. {about}".strip()))
+    return out
 BAD_NAME_CHARS = '/\\:*?"<>|'  # the name is part of the GGUF file's name
 MUTED, WARNING = "color: palette(placeholder-text);", "color: #b05a00;"
 
@@ -712,6 +726,10 @@ class FinetunePage(MessageBanner, QWidget):
         self.base_combo.insertSeparator(self.base_combo.count())
         self.base_combo.addItem("Choose a GGUF file…", CHOOSE_FILE)
         self.base_combo.addItem("Choose a model folder…", CHOOSE_FOLDER)
+        self.base_combo.insertSeparator(self.base_combo.count())
+        for preset, about in scratch_choices():
+            self.base_combo.addItem(f"From scratch (advanced): {preset}", SCRATCH + preset)
+            self.base_combo.setItemData(self.base_combo.count() - 1, about, Qt.ItemDataRole.ToolTipRole)
         want = current or self.store.get_setting("model") or DEFAULT_MODEL
         i = self.base_combo.findData(want)
         self.base_combo.setCurrentIndex(max(i, 0))
@@ -942,6 +960,10 @@ class FinetunePage(MessageBanner, QWidget):
         """Why each method cannot run on the data chosen ('' when it can)."""
         conv, comp, demo, pending = self._counts()
         out = {"sft": "", "dpo": "", "rlhf": ""}
+        if (self.base() or "").startswith(SCRATCH):
+            for m in ("dpo", "rlhf"):
+                out[m] = ("A model from scratch learns to chat by SFT first; `chatfactory pipeline` runs the whole "
+                          "RLHF recipe from scratch.")  # fmt: skip
         if pending:
             return out
         if demo:

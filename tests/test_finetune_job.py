@@ -97,6 +97,24 @@ def test_dpo_job_from_a_preference_file(tmp_path, tiny_base):
     chat_once(result["gguf"])
 
 
+def test_from_scratch_pretrains_its_own_base_then_sft_and_export(tmp_path):
+    """"From scratch (advanced)": the pipeline preset's tokenizer and pre-training stages make the
+    base inside the job (a GPT-2-style model with its own BPE), then SFT, GGUF, registered."""
+    spec = JobSpec(base="scratch:tiny", data=[str(conversations_file(tmp_path))], method="sft", max_steps=2,
+                   name="tiny-scratch", threads=1,
+                   overrides={"tokenizer.tokenizer.vocab_size": 300})
+    assert stage_names(spec)[:3] == ["data", "tokenizer", "pretrain"]
+    result = run_job(create_job(spec, tmp_path / "job"), lambda e: None)
+    assert result["stages"]["pretrain"]["step"] == 2 and result["stages"]["tokenizer"]["vocab_size"] == 300
+    info = read_gguf_info(result["gguf"])
+    assert info.architecture == "gpt2"
+    entry = next(m for m in registry.list_models() if m.name == "tiny-scratch")
+    assert entry.lineage["base"] == "scratch:tiny"
+    chat_once(result["gguf"])
+    with pytest.raises(ValueError, match="sft method"):
+        JobSpec(base="scratch:tiny", data=["demo"], method="rlhf").check()
+
+
 def test_bad_data_names_the_file_and_line(tmp_path, tiny_base):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n', encoding="utf-8")

@@ -142,6 +142,50 @@ def test_a_ppo_update_reduces_the_loss_on_a_fixed_batch(tmp_path):
     assert float(after.detach()) < float(before.detach()) - 1e-3
 
 
+def test_a_shared_frozen_trunk_gives_the_same_rollout_and_loss_as_four_full_passes(tmp_path):
+    """Policy, reference, reward model and critic built on one base with the same lower blocks
+    frozen: those blocks run once (shared_trunk), and every number PPO uses is unchanged."""
+    from engine.training.model import GPT, ModelConfig
+    from engine.training.model.checkpoint import save_model
+    from engine.training.train.ppo import ActorCritic, build_models, load_prompts, make_rollouts, ppo_loss, shared_trunk
+    from engine.training.train.reward import freeze_bottom
+    from engine.training.train.reward_model import RewardModel, save_reward_model
+
+    sft, rm_path = _tiny_models(tmp_path)
+    from engine.training.loader import load
+
+    base = load(sft)
+    torch.manual_seed(3)
+    deep = GPT(ModelConfig(**{**base.model.config.__dict__, "n_layer": 3}))
+    save_model(tmp_path / "deep", deep, base.tokenizer)
+    rm = RewardModel(GPT(deep.config))
+    rm.backbone.load_state_dict(deep.state_dict())
+    with torch.no_grad():  # the reward model trained its top block only
+        for p in rm.backbone.layers[2].parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_reward_model(tmp_path / "deep_rm", rm, base.tokenizer, {"stage": "reward"})
+    cfg = _config(tmp_path / "deep", tmp_path / "deep_rm", 1, tmp_path / "x")
+    actor, tok, ref, rm, critic = build_models(cfg)
+    assert shared_trunk(2, actor, ref, rm, critic) == 0  # not frozen yet: the trained models' blocks will move
+    freeze_bottom(actor, 2)
+    freeze_bottom(critic.backbone, 2)
+    assert shared_trunk(2, actor, ref, rm, critic) == 2
+    assert shared_trunk(3, actor, ref, rm, critic) == 0  # the third blocks differ
+    ac = ActorCritic(actor, critic)
+    prompts = load_prompts(cfg, 0)[:4]
+    full, s_full, _ = make_rollouts(ac, ref, rm, tok, prompts, cfg, beta=0.05, seed=1)
+    fast, s_fast, _ = make_rollouts(ac, ref, rm, tok, prompts, cfg, beta=0.05, seed=1, shared=2)
+    assert "trunk" in fast and "trunk" not in full
+    for k in ("old_logprobs", "old_values", "advantages", "returns"):
+        torch.testing.assert_close(fast[k], full[k], atol=1e-5, rtol=1e-5)
+    assert s_fast["reward"] == pytest.approx(s_full["reward"], abs=1e-5)
+    loss_full, _ = ppo_loss(cfg)(ac, full)
+    loss_fast, _ = ppo_loss(cfg, 2)(ac, fast)
+    torch.testing.assert_close(loss_fast, loss_full, atol=1e-5, rtol=1e-5)
+    loss_fast.backward()  # the update reaches the blocks above the trunk
+    assert actor.layers[2].mlp.down.weight.grad is not None and actor.layers[0].mlp.down.weight.grad is None
+
+
 def test_resume_reproduces_the_next_step_exactly(tmp_path):
     from safetensors.torch import load_file
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.paths import atomic_writer
 
-from .job import DEMO, PRESET_CONFIGS, JobSpec, jobs_root, stage_names
+from .job import DEMO, PRESET_CONFIGS, JobSpec, jobs_root, scratch_preset, stage_names
 
 # share of the matmul peak reached by each kind of work, measured on the 2-core CPU with
 # SmolLM2-135M (BENCHMARKS.md, "Fine-tuning"); replaced by calibration.json once a job ran
@@ -66,6 +66,18 @@ def parameters(spec: JobSpec) -> int:
     from engine.models import registry
     from engine.models.gguf_info import read_gguf_info
 
+    preset = scratch_preset(spec.base)
+    if preset is not None:  # from scratch: the pre-training preset's model
+        from engine.training import pipeline
+        from engine.training.train.config import read_yaml
+
+        section = pipeline.load_pipeline_config(preset)["pretrain"]
+        model = read_yaml(pipeline.PRESET_DIR.parent / f"{section.get('base', 'tiny')}.yaml").get("model", {})
+        model = {**model, **section.get("model", {})}
+        vocab = pipeline.load_pipeline_config(preset)["tokenizer"].get("tokenizer", {}).get("vocab_size", 1024)
+        d, layers = model.get("d_model", 128), model.get("n_layer", 4)
+        ff = model.get("d_ff") or 4 * d
+        return layers * (4 * d * d + 3 * d * ff) + vocab * d
     path = Path(spec.base).expanduser()
     if path.is_dir():
         cfg = path / "config.json"
@@ -109,6 +121,12 @@ def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens
                 from engine.training.train.config import parse_duration
 
                 stages[name] = min(stages[name], parse_duration(budget) * 1.1)
+        elif name in ("tokenizer", "pretrain"):  # from scratch: the pre-training preset's time budget
+            from engine.training import pipeline
+            from engine.training.train.config import parse_duration
+
+            budget = pipeline.load_pipeline_config(scratch_preset(spec.base)).get(name, {}).get("train", {}).get("time_budget")
+            stages[name] = parse_duration(budget) * 1.1 if budget and not spec.max_steps else 30.0
         elif name == "sample":
             toks = c["n_prompts"] * c["k"] * c["max_new_tokens"]
             stages[name] = 2 * n * toks / sample_rate

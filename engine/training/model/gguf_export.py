@@ -132,8 +132,9 @@ def _add_tokenizer(w, tokenizer, chat_template: str) -> None:
     w.add_chat_template(chat_template)
 
 
-def _tensors(model: GPT, arch: str) -> list[tuple[str, np.ndarray]]:
-    """(GGUF name, float32 array in our (out, in) row order, q/k permuted for llama)."""
+def _tensors(model: GPT, arch: str, n_vocab: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """(GGUF name, float32 array in our (out, in) row order, q/k permuted for llama); the
+    embedding and output rows cut to n_vocab."""
     c = model.config
     sd = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
     if c.tie_embeddings:
@@ -155,6 +156,8 @@ def _tensors(model: GPT, arch: str) -> list[tuple[str, np.ndarray]]:
                 value = llama_cpp_permute(value, c.n_kv_head)
         else:
             gname = f"{_TOP_NAMES[parts[0]]}.{kind}"
+            if parts[0] in ("embed", "lm_head") and n_vocab is not None:
+                value = value[:n_vocab]
         out.append((gname, value))
     for gname, qkv in fused.items():
         out.append((gname, np.concatenate([qkv["attn.q"], qkv["attn.k"], qkv["attn.v"]], axis=0)))
@@ -183,10 +186,13 @@ def export_gguf(
         raise ValueError(f"GGUF export: dtype must be one of {DTYPES}, got {dtype!r}")
     c = model.config
     arch = _architecture(c)
-    if tokenizer.vocab_size != c.vocab_size:
+    if tokenizer.vocab_size > c.vocab_size:
         raise ValueError(
             f"GGUF export: the tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is {c.vocab_size}"
         )
+    # pre-training rounds the vocabulary up (to a multiple of 64, for speed); the rows past the
+    # tokenizer's last id are never read, and llama.cpp wants one row per token: they are left out
+    n_vocab = tokenizer.vocab_size
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -202,7 +208,7 @@ def export_gguf(
         w.add_head_count(c.n_head)
         w.add_head_count_kv(c.n_kv_head)
         if arch == "llama":
-            w.add_vocab_size(c.vocab_size)
+            w.add_vocab_size(n_vocab)
             w.add_rope_freq_base(c.rope_theta)
             w.add_rope_dimension_count(c.head_dim)
             w.add_layer_norm_rms_eps(c.norm_eps)
@@ -216,7 +222,7 @@ def export_gguf(
                 )
             w.add_layer_norm_eps(c.norm_eps)
         _add_tokenizer(w, tokenizer, chat_template or JINJA_CHAT_TEMPLATE)
-        for gname, value in _tensors(model, arch):
+        for gname, value in _tensors(model, arch, n_vocab):
             if value.ndim == 2 and dtype == "f16":
                 value = value.astype(np.float16)
             w.add_tensor(gname, np.ascontiguousarray(value))

@@ -299,6 +299,8 @@ class GPT(nn.Module):
         doc_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
+        trunk: tuple[int, torch.Tensor] | None = None,
+        stop_after: int | None = None,
     ) -> torch.Tensor:
         """Final-norm hidden states (B, T, d_model).
 
@@ -306,6 +308,11 @@ class GPT(nn.Module):
         doc_ids: (B, T) packed-sequence ids; attention never crosses documents.
         attention_mask: (B, T) 1 for real tokens, 0 for padding (keys that must not be seen).
         kv_cache: keys/values of earlier positions; the new ones are appended.
+        stop_after: return the residual stream after this many blocks instead (no final norm).
+        trunk: (n, residual) from `stop_after=n` on the same ids, of this model or of one whose
+            embeddings and first n blocks are the same tensors: only the blocks from n on run.
+            Models that share frozen lower blocks (PPO's policy, reference, reward model and
+            critic) compute those once.
         """
         B, T = input_ids.shape
         device = input_ids.device
@@ -320,18 +327,25 @@ class GPT(nn.Module):
         if kv_cache is not None:
             kv_cache.reserve(T, attention_mask)
         mask, is_causal = self._mask(B, T, device, position_ids, doc_ids, attention_mask, kv_cache)
-        x = self.embed(input_ids)
+        if kv_cache is not None and (trunk is not None or stop_after is not None):
+            raise ValueError("hidden_states: trunk and stop_after run part of the blocks, which a KV cache cannot follow")
         rope = None
-        if self.config.pos_embedding == "learned":
-            x = x + self.pos_embed(position_ids)
-        else:
+        if self.config.pos_embedding == "rope":
             rope = (self.rope_cos[position_ids].unsqueeze(1), self.rope_sin[position_ids].unsqueeze(1))
-        x = self.drop(x)
-        for layer in self.layers:
+        if trunk is not None:
+            first, x = trunk
+            if x.shape[:2] != (B, T):
+                raise ValueError(f"trunk: a residual of shape {tuple(x.shape)} for ids of shape {(B, T)}")
+        else:
+            first, x = 0, self.embed(input_ids)
+            if self.config.pos_embedding == "learned":
+                x = x + self.pos_embed(position_ids)
+            x = self.drop(x)
+        for layer in self.layers[first:stop_after]:
             x = layer(x, rope, mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
-        return self.norm_f(x)
+        return x if stop_after is not None else self.norm_f(x)
 
     def forward(
         self,

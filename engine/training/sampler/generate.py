@@ -73,25 +73,39 @@ def generate(
         gen = torch.Generator(device=device).manual_seed(params.seed)
     stops = torch.tensor(sorted(set(params.stop_token_ids)) or [-1], device=device)
     out = [Generation([], "length") for _ in range(B)]
+    rows = torch.arange(B, device=device)  # each batch row's original index (finished rows leave)
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    logits = model(ids, attention_mask=mask, position_ids=pos, kv_cache=cache)[:, -1]
+    # only the prompt's last position goes through the output layer (49k columns for SmolLM2)
+    logits = model.lm_head(model.hidden_states(ids, attention_mask=mask, position_ids=pos, kv_cache=cache)[:, -1])
     next_pos = pos[:, -1] + 1
+    temp = params.temperature if params.temperature > 0 else 1.0
     for _ in range(max_new):
         tok = sample(logits, params.temperature, params.top_k, params.top_p, gen)
-        temp = params.temperature if params.temperature > 0 else 1.0
         lp = torch.log_softmax(logits.float() / temp, -1).gather(-1, tok[:, None]).squeeze(-1)
-        for i in (~done).nonzero().flatten().tolist():
-            t = int(tok[i])
-            out[i].tokens.append(t)
-            out[i].logprobs.append(float(lp[i]))
-            if on_token:
-                on_token(i, t)
+        for r, t, p, d in zip(rows.tolist(), tok.tolist(), lp.tolist(), done.tolist()):
+            if not d:
+                out[r].tokens.append(t)
+                out[r].logprobs.append(p)
+                if on_token:
+                    on_token(r, t)
         hit = torch.isin(tok, stops) & ~done
-        for i in hit.nonzero().flatten().tolist():
-            out[i].finish_reason = "stop"
+        for r in rows[hit].tolist():
+            out[r].finish_reason = "stop"
         done |= hit
         if bool(done.all()) or cache.pos >= cache.max_len:
             break
+        if int(done.sum()) * 4 >= len(rows):  # a quarter of the batch has finished: stop computing those rows
+            keep = (~done).nonzero().flatten()
+            _keep_rows(cache, keep)
+            rows, tok, next_pos, done = rows[keep], tok[keep], next_pos[keep], done[keep]
         logits = model(tok[:, None], position_ids=next_pos[:, None], kv_cache=cache)[:, -1]
         next_pos = next_pos + 1
     return out
+
+
+def _keep_rows(cache, keep: torch.Tensor) -> None:
+    """Shrink a KV cache to the rows in `keep`, copying their keys and values."""
+    cache._k, cache._v = cache._k[:, keep], cache._v[:, keep]
+    cache._valid = cache._valid[keep]
+    cache._rows = len(keep)
+    cache._set_views()

@@ -110,10 +110,11 @@ class ActorCritic(nn.Module):
         self.ema = copy.deepcopy(actor).requires_grad_(False) if ema_decay else None
         self.ema_decay = ema_decay
 
-    def forward(self, input_ids: torch.Tensor, ptx: dict | None = None):
-        """Right-padded rows (real tokens first): causal attention alone keeps padding unseen."""
-        logits = self.actor(input_ids)
-        values = self.critic.values(input_ids)
+    def forward(self, input_ids: torch.Tensor, ptx: dict | None = None, trunk: tuple[int, torch.Tensor] | None = None):
+        """Right-padded rows (real tokens first): causal attention alone keeps padding unseen.
+        trunk: the shared frozen blocks' output for these ids (see shared_trunk)."""
+        logits = self.actor(input_ids, trunk=trunk)
+        values = self.critic.values(input_ids, trunk=trunk)
         ptx_loss = self.actor(ptx["input_ids"], ptx["targets"], doc_ids=ptx["doc_ids"]) if ptx else None
         return logits, values, ptx_loss
 
@@ -165,12 +166,39 @@ class PromptSampler:
 
 
 # ---- rollouts ----------------------------------------------------------------------------------------
+def shared_trunk(n: int, actor: GPT, ref: GPT, rm: RewardModel, critic: RewardModel) -> int:
+    """n when the four models' embeddings and first n blocks are equal and frozen in the trained
+    two, else 0. Then those blocks run once per rollout batch, and their output (the trunk) is
+    kept for the updates: the common set-up where the reward model and PPO freeze the same lower
+    blocks of one base model saves about a third of a PPO step's forward passes."""
+    if n <= 0:
+        return 0
+    models = [actor, ref, rm.backbone, critic.backbone]
+
+    def lower(m: GPT) -> list[torch.Tensor]:
+        mods = [m.embed, *([m.pos_embed] if hasattr(m, "pos_embed") else []), *m.layers[:n]]
+        return [p for mod in mods for p in mod.parameters()]
+
+    first = lower(actor)
+    if any(p.requires_grad for m in (actor, critic.backbone) for p in lower(m)):
+        return 0
+    if any(m.config.n_layer < n for m in models):
+        return 0
+
+    def same(m: GPT) -> bool:
+        other = lower(m)
+        return len(other) == len(first) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(first, other))
+
+    return n if all(same(m) for m in models[1:]) else 0
+
+
 @torch.no_grad()
 def make_rollouts(
-    ac: ActorCritic, ref: GPT, rm: RewardModel, tok, prompts, cfg: PPOConfig, beta: float, seed: int, check=None
+    ac: ActorCritic, ref: GPT, rm: RewardModel, tok, prompts, cfg: PPOConfig, beta: float, seed: int, check=None,
+    shared: int = 0,
 ):
     """Sample, score and prepare one batch: everything PPO needs, in (B, T-1) "predicts token
-    t+1" coordinates, plus the numbers to log."""
+    t+1" coordinates, plus the numbers to log. shared: see shared_trunk."""
     from .sample import generate_answers
 
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
@@ -185,12 +213,13 @@ def make_rollouts(
     resp = resp[:, :-1]
     targets = ids[:, 1:]
     ac.eval()
-    logits, values, _ = ac(ids)
+    trunk = (shared, ac.actor.hidden_states(ids, stop_after=shared)) if shared else None
+    logits, values, _ = ac(ids, trunk=trunk)
     logprobs = token_logprobs(logits[:, :-1], targets, cfg.temperature)
     ent = entropy(logits[:, :-1], cfg.temperature)
-    ref_logprobs = token_logprobs(ref(ids)[:, :-1], targets, cfg.temperature)
+    ref_logprobs = token_logprobs(ref(ids, trunk=trunk)[:, :-1], targets, cfg.temperature)
     values = values[:, :-1] * resp
-    scores = rm.score(ids, mask)  # at the last real token: the <|im_end|> of a finished answer
+    scores = rm.score(ids, mask, trunk)  # at the last real token: the <|im_end|> of a finished answer
     finished = torch.tensor([a.finished for a in answers], device=device)
     scores_used = scores - cfg.missing_eos_penalty * (~finished).float()
     rewards, kl = kl_shaped_rewards(scores_used, logprobs, ref_logprobs, resp, beta)
@@ -199,6 +228,8 @@ def make_rollouts(
         adv = whiten(adv, resp)
     batch = {"input_ids": ids, "resp": resp, "old_logprobs": logprobs, "old_values": values, "advantages": adv,
              "returns": returns}
+    if trunk is not None:
+        batch["trunk"] = trunk[1]
     stats = {
         "reward": float(scores.mean()), "reward_with_penalty": float(scores_used.mean()),
         "kl": float(kl.sum(1).mean()), "entropy": float(masked_mean(ent, resp)),
@@ -211,9 +242,10 @@ def make_rollouts(
     return batch, stats, answers
 
 
-def ppo_loss(cfg: PPOConfig):
+def ppo_loss(cfg: PPOConfig, shared: int = 0):
     def loss_fn(model: nn.Module, mb: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, values, ptx_loss = model(mb["input_ids"], mb.get("ptx"))
+        trunk = (shared, mb["trunk"]) if "trunk" in mb else None
+        logits, values, ptx_loss = model(mb["input_ids"], mb.get("ptx"), trunk=trunk)
         targets, m = mb["input_ids"][:, 1:], mb["resp"]
         logprobs = token_logprobs(logits[:, :-1], targets, cfg.temperature)
         pg = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], m, cfg.clip)
@@ -234,6 +266,8 @@ def _slice(batch: dict, idx: list[int]) -> dict:
     # trim the columns past every selected row's end: less work for short answers
     last = int(out["resp"].nonzero()[:, 1].max()) + 2 if out["resp"].any() else out["input_ids"].shape[1]
     out["input_ids"] = out["input_ids"][:, :last]
+    if "trunk" in out:
+        out["trunk"] = out["trunk"][:, :last]
     for k in ("resp", "old_logprobs", "old_values", "advantages", "returns"):
         out[k] = out[k][:, : last - 1]
     return out
@@ -313,6 +347,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
 
         freeze_bottom(actor, cfg.freeze_layers)
         freeze_bottom(critic.backbone, cfg.freeze_layers)
+    shared = shared_trunk(cfg.freeze_layers, actor, ref, rm, critic)
     prompts = load_prompts(cfg, tcfg.seed)
     check = checker_for(prompts)
     kl = KLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -320,7 +355,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
     ac = ActorCritic(actor, critic, cfg.ema)
     tcfg.seq_len = actor.config.max_seq_len
     ptx = ptx_rows(cfg, tok, actor.config.max_seq_len, tcfg.seed) if cfg.ptx_coef > 0 else None
-    meta = {"stage": "ppo", "base_model": cfg.model, "reward_model": cfg.reward_model, "config": asdict(cfg)}
+    meta = {"stage": "ppo", "base_model": cfg.model, "reward_model": cfg.reward_model, "config": asdict(cfg),
+            "shared_trunk_layers": shared}
     from .reward import save_checkpoint_weights
 
     def evaluate(model: ActorCritic) -> dict[str, float]:
@@ -333,7 +369,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
         return {"heldout_accuracy": res["mean_accuracy"], "heldout_format": res["mean_format"]}
 
     trainer = Trainer(
-        ac, tcfg, out_dir, batches=sampler, loss_fn=ppo_loss(cfg), eval_fn=evaluate, tokenizer=tok, meta=meta,
+        ac, tcfg, out_dir, batches=sampler, loss_fn=ppo_loss(cfg, shared), eval_fn=evaluate, tokenizer=tok, meta=meta,
         resume=resume, save_model_fn=lambda folder, m, sd: save_checkpoint_weights(folder, m, sd, meta),
     )
     rank, world = trainer.dist.rank, trainer.dist.world_size
@@ -349,7 +385,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
             idx = sampler.take(cfg.rollout_batch * world)[rank * cfg.rollout_batch : (rank + 1) * cfg.rollout_batch]
             batch, stats, _ = make_rollouts(
                 ac, ref, rm, tok, [prompts[i] for i in idx], cfg, kl.beta,
-                seed=tcfg.seed * 1_000_003 + step * 101 + rank, check=check,
+                seed=tcfg.seed * 1_000_003 + step * 101 + rank, check=check, shared=shared,
             )
             lr = tcfg.lr * lr_multiplier(tcfg, step, trainer.progress())
             stats = {k: _global_mean(v, world, trainer.device) for k, v in stats.items()}

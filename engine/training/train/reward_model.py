@@ -52,8 +52,9 @@ class ScalarHeadModel(nn.Module):
         self.register_buffer("mean", torch.tensor(float(mean)), persistent=False)
         self.register_buffer("std", torch.tensor(float(std)), persistent=False)
 
-    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Raw head output at every position (B, T), fp32."""
+    def values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               trunk: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Raw head output at every position (B, T), fp32. trunk: see GPT.hidden_states."""
         if attention_mask is not None and is_right_padded(attention_mask):
             # padding only after the real tokens: causal attention never lets a real token see
             # it and positions are already 0..n-1, so the fast causal path gives the same values
@@ -63,17 +64,23 @@ class ScalarHeadModel(nn.Module):
             # positions count real tokens only, so a left-padded row sees the same positions as unpadded
             pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
             kwargs = {"attention_mask": attention_mask, "position_ids": pos}
+        if trunk is not None:
+            if kwargs:
+                raise ValueError("values: a shared trunk needs right-padded rows (causal attention alone)")
+            kwargs = {"trunk": trunk}
         h = self.backbone.hidden_states(input_ids, **kwargs)
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1).float()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                trunk: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Raw reward (B,) read at each row's last real token."""
-        v = self.values(input_ids, attention_mask)
+        v = self.values(input_ids, attention_mask, trunk)
         return v.gather(1, last_token_index(input_ids, attention_mask)[:, None]).squeeze(1)
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              trunk: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Normalised reward (B,)."""
-        return (self(input_ids, attention_mask) - self.mean) / self.std
+        return (self(input_ids, attention_mask, trunk) - self.mean) / self.std
 
     def set_normalisation(self, mean: float, std: float) -> None:
         self.mean.fill_(mean)
