@@ -84,10 +84,12 @@ def scratch_choices() -> list[tuple[str, str]]:
     from engine.finetune.job import scratch_presets
     from engine.training import pipeline
 
+    import yaml
+
     out = []
     for name in scratch_presets():
-        cfg = pipeline.load_pipeline_config(name)
-        about = " ".join(str(cfg.get("description", "")).split())
+        raw = yaml.safe_load((pipeline.PRESET_DIR / f"{name}.yaml").read_text(encoding="utf-8")) or {}
+        about = " ".join(str(raw.get("description", "")).split())
         out.append((name, f"Train a new model from nothing, then SFT on your data. {about}".strip()))
     return out
 BAD_NAME_CHARS = '/\\:*?"<>|'  # the name is part of the GGUF file's name
@@ -960,10 +962,6 @@ class FinetunePage(MessageBanner, QWidget):
         """Why each method cannot run on the data chosen ('' when it can)."""
         conv, comp, demo, pending = self._counts()
         out = {"sft": "", "dpo": "", "rlhf": ""}
-        if (self.base() or "").startswith(SCRATCH):
-            for m in ("dpo", "rlhf"):
-                out[m] = ("A model from scratch learns to chat by SFT first; `chatfactory pipeline` runs the whole "
-                          "RLHF recipe from scratch.")  # fmt: skip
         if pending:
             return out
         if demo:
@@ -975,6 +973,10 @@ class FinetunePage(MessageBanner, QWidget):
             for m in ("dpo", "rlhf"):
                 out[m] = (f"{m.upper()} needs rankings: compare two answers in a chat, add a preference file, "
                           "or tick the preference demo.")  # fmt: skip
+        if (self.base() or "").startswith(SCRATCH):
+            for m in ("dpo", "rlhf"):
+                out[m] = ("A model from scratch learns to chat by SFT first; `chatfactory pipeline` runs the whole "
+                          "RLHF recipe from scratch.")  # fmt: skip
         return out
 
     def _choice_changed(self, *_: object) -> None:

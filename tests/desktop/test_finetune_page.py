@@ -116,6 +116,32 @@ def test_a_bad_data_file_shows_its_line_numbers(qtbot, page, tmp_path):
     assert str(bad) not in page.sources and not page.problems.isVisible()
 
 
+def test_from_scratch_is_offered_as_a_base_and_teaches_by_sft_only(qtbot, page, sft_file):
+    """The base list ends with the pre-training presets ("From scratch (advanced)"); picking one
+    leaves SFT as the method, with the reason on DPO and RLHF, and the spec the job will run."""
+    i = page.base_combo.findData("scratch:tiny")
+    assert i >= 0 and "From scratch" in page.base_combo.itemText(i)
+    assert "Shakespeare" in page.base_combo.itemData(i, Qt.ItemDataRole.ToolTipRole)
+    for key in ("chats", "builtin", "demo"):
+        page.check_source(key, False)
+    with qtbot.waitSignal(page.source_checked, timeout=30_000):
+        page.add_file(sft_file)
+    try:
+        page.base_combo.setCurrentIndex(i)
+        page._base_activated(i)
+        assert page.method() == "sft" and page.method_buttons["sft"].isEnabled()
+        assert not page.method_buttons["rlhf"].isEnabled() and "SFT first" in page.method_notes["rlhf"].text()
+        assert page.start_button.isEnabled(), page.start_note.text()
+        spec = page.spec().check()
+        assert spec.base == "scratch:tiny" and spec.method == "sft"
+    finally:
+        page.data_list.setCurrentItem(page._item(str(sft_file)))
+        page.remove_selected_file()
+        page.refresh_bases()
+        page.base_combo.setCurrentIndex(0)
+        page._base_activated(0)
+
+
 def test_a_job_reports_stages_progress_and_metrics(qtbot, page, tiny_base, sft_file):
     set_up(qtbot, page, tiny_base, sft_file, max_steps=8, name="tiny-progress")
     qtbot.waitUntil(lambda: "on this machine" in page.estimate_label.text(), timeout=5_000)
