@@ -225,13 +225,36 @@ def test_gguf_info_reads_export(tok, exported, tmp_path):
     assert load_llama(p2).metadata["tokenizer.chat_template"] == custom
 
 
+def test_a_vocabulary_padded_by_pre_training_is_cut_to_the_tokenizer(tok, tmp_path):
+    """Pre-training rounds vocab_size up to a multiple of 64; llama.cpp wants one row per token:
+    the export leaves the padding rows out, and the logits of real tokens are unchanged."""
+    import numpy as np
+
+    from engine.training.model.gguf_import import load_gguf
+
+    model = tiny(tok)
+    padded = GPT(ModelConfig(**{**model.config.__dict__, "vocab_size": tok.vocab_size + 20}))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    for k in ("embed.weight", "lm_head.weight"):
+        sd[k] = torch.cat([sd[k], torch.randn(20, sd[k].shape[1])])
+    padded.load_state_dict(sd)
+    path = export_gguf(padded, tok, tmp_path / "padded.gguf", dtype="f32")
+    assert read_gguf_info(path).array_lengths["tokenizer.ggml.tokens"] == tok.vocab_size
+    back, _ = load_gguf(path)
+    assert back.config.vocab_size == tok.vocab_size
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        np.testing.assert_allclose(back(ids).numpy(), padded(ids)[..., : tok.vocab_size].numpy(), atol=1e-5)
+
+
 def test_export_is_atomic(tok, tmp_path, monkeypatch):
     model = tiny(tok)
     target = tmp_path / "model.gguf"
     target.write_bytes(b"previous model")
-    small = Tokenizer.train(TEXT, vocab_size=300)  # vocab mismatch: refused before writing
+    small = Tokenizer.train(TEXT, vocab_size=300)  # more tokens than the model has rows: refused before writing
     with pytest.raises(ValueError, match="vocab"):
-        export_gguf(model, small, target)
+        export_gguf(tiny(small), tok, target)
+    assert target.read_bytes() == b"previous model"
 
     import gguf
 

@@ -19,7 +19,8 @@ from .job import METHODS, PRESETS, QUANTS, JobCancelled, JobSpec, create_job, ru
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="fine-tune a model on your chats or files; registers a quantized GGUF",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", required=True, help="base model: a registered name, a GGUF file or a Hugging Face folder")
+    p.add_argument("--base", required=True, help="base model: a registered name, a GGUF file, a Hugging Face folder, "
+                   "or scratch:PRESET to pre-train one first (tiny, small, gpt2-124m; SFT only)")
     p.add_argument("--data", nargs="+", required=True, metavar="SOURCE",
                    help="chats[:since=DATE,until=DATE,session=ID+ID,template=NAME], a JSONL file (OpenAI messages, "
                         "TRL prompt/chosen/rejected, HH-RLHF, OASST), builtin, or demo (the preference demo)")
