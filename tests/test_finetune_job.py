@@ -115,6 +115,35 @@ def test_from_scratch_pretrains_its_own_base_then_sft_and_export(tmp_path):
         JobSpec(base="scratch:tiny", data=["demo"], method="rlhf").check()
 
 
+def test_a_gguf_base_is_read_once_and_its_figures_are_kept(tmp_path, tiny_base):
+    """A GGUF base is dequantized into finetune/bases/ once (reading a GGUF is the slow part of a
+    stage's start); a number about the base (its checker score) is computed once per base."""
+    from engine.finetune.job import JobContext, MetricsTail
+    from engine.paths import home
+    from engine.training.loader import load
+    from engine.training.model.gguf_export import export_gguf
+
+    m = load(tiny_base)
+    gguf = export_gguf(m.model, m.tokenizer, tmp_path / "base.gguf", dtype="f32")
+    spec = JobSpec(base=str(gguf), data=[str(conversations_file(tmp_path))], method="sft", max_steps=1)
+    job = JobContext(spec, tmp_path / "job", lambda e: None, MetricsTail(lambda e: None))
+    folder = Path(job.training_base())
+    assert folder.parent == home() / "finetune" / "bases" and (folder / "model_config.json").exists()
+    made = (folder / "model_config.json").stat().st_mtime_ns
+    assert job.training_base() == str(folder) and (folder / "model_config.json").stat().st_mtime_ns == made
+    calls = []
+    assert job.base_figure({"checker": "brief", "n": 3}, lambda: calls.append(1) or 0.25) == 0.25
+    assert job.base_figure({"n": 3, "checker": "brief"}, lambda: calls.append(1) or 0.5) == 0.25  # kept
+    assert job.base_figure({"checker": "brief", "n": 4}, lambda: calls.append(1) or 0.5) == 0.5  # another key
+    assert len(calls) == 2
+    reloaded = load(folder)
+    import torch
+
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.model(ids), m.model(ids), atol=1e-5, rtol=1e-5)
+
+
 def test_bad_data_names_the_file_and_line(tmp_path, tiny_base):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n', encoding="utf-8")

@@ -128,7 +128,7 @@ def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens
             budget = pipeline.load_pipeline_config(scratch_preset(spec.base)).get(name, {}).get("train", {}).get("time_budget")
             stages[name] = parse_duration(budget) * 1.1 if budget and not spec.max_steps else 30.0
         elif name == "sample":
-            toks = c["n_prompts"] * c["k"] * c["max_new_tokens"]
+            toks = (c["n_prompts"] + c.get("heldout_prompts", 0)) * c["k"] * c["max_new_tokens"]
             stages[name] = 2 * n * toks / sample_rate
         elif name in ("reward", "dpo"):
             comps = n_comparisons + (p["sample"]["n_prompts"] if DEMO in spec.data else 0)

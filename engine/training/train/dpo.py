@@ -64,7 +64,8 @@ class DPOConfig:
     beta: float = 0.1  # strength of the pull toward the reference (the implicit reward's scale)
     label_smoothing: float = 0.0  # cDPO: the assumed chance that a label is flipped, in [0, 0.5)
     freeze_layers: int = 0  # keep the embeddings and the first N blocks fixed (cheaper backward on a CPU)
-    val_fraction: float = 0.1  # fraction of prompts held out (by prompt)
+    val_fraction: float = 0.1  # fraction of prompts held out (by prompt), when there is no eval_data
+    eval_data: list[str] = field(default_factory=list)  # held-out preference files (then nothing is carved out)
     max_len: int = 256  # tokens per prompt + answer (capped by the model's context)
     limit: int | None = None  # use only the first N comparisons of each file
     skip_invalid: bool = False  # drop malformed records (counted) instead of stopping at the first
@@ -316,7 +317,10 @@ def train_dpo(cfg: DPOConfig, resume: bool | str = False, comparisons: Sequence[
 
         freeze_bottom(model, cfg.freeze_layers)
     max_len = min(cfg.max_len, model.config.max_seq_len)
-    train_c, held_c = split_held_out(comps, cfg.val_fraction, seed=tcfg.seed)
+    if cfg.eval_data:
+        train_c, held_c = comps, [c for f in cfg.eval_data for c in read_preferences(f, skip_invalid=cfg.skip_invalid)]
+    else:
+        train_c, held_c = split_held_out(comps, cfg.val_fraction, seed=tcfg.seed)
     train_items = [p for c in train_c for p in encode_pairs(c, tok, max_len)]
     held_items = [p for c in held_c for p in encode_pairs(c, tok, max_len)]
     if not train_items:

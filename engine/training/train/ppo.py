@@ -378,6 +378,7 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
     trainer._open_logs()
     restore = trainer._install_signal_handlers()
     stop, step_time, t_start = None, 0.0, time.time()
+    last_ckpt = time.perf_counter()
     try:
         while not (stop := trainer._agree_stop(step_time)):
             t0 = time.perf_counter()
@@ -428,8 +429,10 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
                 print(_line(rec), flush=True)
             if cfg.eval_every and trainer.step % cfg.eval_every == 0:
                 trainer.evaluate()
-            if tcfg.ckpt_every and trainer.step % tcfg.ckpt_every == 0:
+            due = tcfg.ckpt_every and trainer.step % tcfg.ckpt_every == 0
+            if due or (tcfg.ckpt_every_s and time.perf_counter() - last_ckpt >= tcfg.ckpt_every_s):
                 trainer.save_checkpoint()
+                last_ckpt = time.perf_counter()
     finally:
         restore()
     if stop != "signal" and trainer.last_eval.get("step") != trainer.step:
