@@ -1,6 +1,7 @@
 """Fine-tuning on this machine: SFT throughput, "teach from my chats", and the preference demo.
 
     python bench/finetune.py sft-speed [--steps 6]       # SmolLM2-135M SFT tokens/s and MFU
+    python bench/finetune.py sample-speed [--batch 64]   # PyTorch generation for sampling and PPO rollouts
     python bench/finetune.py teach [--conversations 300] # 300 thumbed-up chats → GGUF in the model list
     python bench/finetune.py demo [--method both]        # preference demo: RM + PPO, then DPO
 
@@ -80,6 +81,28 @@ def sft_speed(args) -> None:
     print(f"  held-out n/a; wall {time.time() - t0:.0f} s for {summary['steps']} steps")
 
 
+def sample_speed(args) -> None:
+    """Training-side generation (the demo's sampling, PPO rollouts, the checker): answers of up to
+    48 tokens at temperature 0.7 from the bundled model, PyTorch, in batches of --batch rows."""
+    import torch
+
+    from engine.training.loader import load
+    from engine.training.sampler import SamplingParams
+    from engine.training.train.sample import generate_answers, task_prompts
+
+    torch.set_num_threads(args.threads)
+    m = load(BASE)
+    prompts = [p.prompt for p in task_prompts("brief", "train", args.rows, 0)]
+    params = SamplingParams(max_new_tokens=48, temperature=0.7, seed=1)
+    generate_answers(m.model, m.tokenizer, prompts[:4], params, 1, 4)  # warm-up
+    t0 = time.time()
+    answers = [a[0] for a in generate_answers(m.model, m.tokenizer, prompts, params, 1, args.batch)]
+    dt = time.time() - t0
+    tokens = sum(len(a.tokens) for a in answers)
+    print(f"{len(answers)} answers in batches of {args.batch}: {dt:.1f} s, {tokens} tokens, {tokens / dt:.1f} tokens/s, "
+          f"{dt / len(answers):.3f} s per answer")
+
+
 def teach(args) -> None:
     """The tab's "teach from my chats": N real conversations in the app's store, the answers
     thumbed up, then Start → a quantized GGUF registered in the model list."""
@@ -124,11 +147,13 @@ def demo(args) -> None:
 
     methods = ["rlhf", "dpo"] if args.method == "both" else [args.method]
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = Path(args.out) if args.out else Path(tmp)  # --out keeps the jobs (metrics, answers) for a look after
+        tmp.mkdir(parents=True, exist_ok=True)
         fresh_home(tmp)
         guard = oasst_guard_data(tmp)
         rows = []
         first: Path | None = None
+        jobs_seconds = 0.0  # both jobs, the sampling once (the guard's losses below are not part of the demo)
         for method in methods:
             spec = JobSpec(base=BASE, data=["demo"], method=method, preset=args.preset, name=f"demo-{method}",
                            overrides={k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.set)})
@@ -142,6 +167,7 @@ def demo(args) -> None:
             t0 = time.time()
             result = run_job(folder, lambda e: print(json.dumps(e)) if e["event"] == "stage" else None)
             seconds = time.time() - t0 + shared
+            jobs_seconds += time.time() - t0
             first = first or folder
             ev = result["stages"]["eval"]
             loss_base, loss_tuned = oasst_loss(BASE, guard), oasst_loss(folder / {"rlhf": "ppo", "dpo": "dpo"}[method] / "model", guard)
@@ -153,8 +179,11 @@ def demo(args) -> None:
                 "oasst_loss_base": loss_base, "oasst_loss_tuned": loss_tuned,
                 "stage_seconds": {k: v.get("seconds") for k, v in result["stages"].items()},
                 "sample": result["stages"].get("sample"),
+                "reward": result["stages"].get("reward"), "dpo": result["stages"].get("dpo"),
+                "ppo": {k: v for k, v in result["stages"].get("ppo", {}).items() if k != "heldout_accuracy"},
             })
         print(json.dumps(rows, indent=2))
+        print(f"whole demo ({' + '.join(methods)}, sampling once): {jobs_seconds:.0f} s")
         for r in rows:
             print(f"{r['method']}: checker {r['checker_base'] * 100:.1f} % -> {r['checker_tuned'] * 100:.1f} % "
                   f"({(r['checker_tuned'] - r['checker_base']) * 100:+.1f} pts), KL {r['kl_to_base']:.3f}, "
@@ -191,6 +220,11 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.set_defaults(func=sft_speed)
+    p = sub.add_parser("sample-speed")
+    p.add_argument("--rows", type=int, default=64)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.set_defaults(func=sample_speed)
     p = sub.add_parser("teach")
     p.add_argument("--conversations", type=int, default=300)
     p.add_argument("--preset", default="quick")
@@ -199,6 +233,7 @@ def main() -> None:
     p.add_argument("--method", choices=["rlhf", "dpo", "both"], default="both")
     p.add_argument("--preset", default="quick")
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE")
+    p.add_argument("--out", help="an empty folder to keep the jobs in (default: a temporary one)")
     p.set_defaults(func=demo)
     args = ap.parse_args()
     args.func(args)

@@ -58,3 +58,40 @@ def test_top_k_and_top_p_filtering():
     assert torch.isinf(k[0, 2:]).all() and torch.isfinite(k[0, :2]).all()
     p = process_logits(logits, top_p=0.5)  # the top token alone holds ~64% of the mass
     assert torch.isfinite(p[0, 0]) and torch.isinf(p[0, 1:]).all()
+
+
+def test_rows_that_finish_early_leave_the_batch_and_the_others_are_unchanged():
+    """Once a quarter of the batch has stopped, those rows are dropped from the KV cache; every
+    row's answer (and its log-probs) stays what it is when generated alone."""
+    m = model()
+    prompts = [[5, 6, 7, 8, 9, 10], [1, 2], [3, 4, 5], [7, 7], [2, 9, 4, 1]]
+    alone = [greedy_reference(m, p, 12) for p in prompts]
+    from collections import Counter
+
+    # the token most rows produce at some point: those rows stop there, at different steps
+    stop = Counter(t for ref in alone for t in set(ref)).most_common(1)[0][0]
+    outs = generate(m, prompts, SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(stop,)))
+    stopped = 0
+    for ref, o in zip(alone, outs):
+        want = ref[: ref.index(stop) + 1] if stop in ref else ref
+        assert o.tokens == want
+        assert o.finish_reason == ("stop" if stop in ref else "length")
+        stopped += stop in ref
+    assert stopped >= 2  # enough rows finished early for the batch to shrink
+    singles = [generate(m, [p], SamplingParams(max_new_tokens=12, temperature=0, stop_token_ids=(stop,)))[0]
+               for p in prompts]
+    for s, o in zip(singles, outs):
+        torch.testing.assert_close(torch.tensor(o.logprobs), torch.tensor(s.logprobs), atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_draws_tokens_in_proportion_to_their_probability():
+    from engine.training.sampler.sampling import sample
+
+    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
+    logits = probs.log().expand(20000, 4).contiguous()
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(sample(logits, 1.0, generator=g), minlength=4).float() / 20000
+    torch.testing.assert_close(counts, probs, atol=0.015, rtol=0)  # never the zero-probability token
+    assert counts[3] == 0
+    top1 = sample(logits[:100], 1.0, top_k=1, generator=g)
+    assert (top1 == 0).all()

@@ -186,6 +186,35 @@ def test_a_shared_frozen_trunk_gives_the_same_rollout_and_loss_as_four_full_pass
     assert actor.layers[2].mlp.down.weight.grad is not None and actor.layers[0].mlp.down.weight.grad is None
 
 
+def test_group_baseline_needs_no_critic_and_its_advantages_sum_to_zero_per_prompt(tmp_path):
+    """baseline "group": no value model is loaded or trained; each prompt is answered group_size
+    times, and an answer's advantage (on every one of its tokens) is its reward minus the mean of
+    the other answers' (leave-one-out), so a group's advantages sum to zero. A stage runs on it."""
+    from engine.training.train.ppo import ActorCritic, build_models, load_prompts, make_rollouts, ppo_loss, train_ppo
+
+    sft, rm_path = _tiny_models(tmp_path)
+    cfg = _config(sft, rm_path, 2, tmp_path / "g")
+    cfg.baseline, cfg.group_size, cfg.whiten_advantages, cfg.ema = "group", 2, False, None
+    actor, tok, ref, rm, critic = build_models(cfg)
+    assert critic is None
+    ac = ActorCritic(actor, critic)
+    prompts = load_prompts(cfg, 0)[:2]
+    batch, stats, answers = make_rollouts(ac, ref, rm, tok, prompts, cfg, beta=0.05, seed=1)
+    assert len(answers) == 4 and batch["input_ids"].shape[0] == 4 and "explained_variance" not in stats
+    first = batch["advantages"].gather(1, batch["resp"].argmax(1, keepdim=True)).view(2, 2)
+    torch.testing.assert_close(first.sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+    per_answer = batch["advantages"].sum(1) / batch["resp"].sum(1)
+    torch.testing.assert_close(per_answer, first.flatten(), atol=1e-5, rtol=0)  # the same on every token
+    loss, s = ppo_loss(cfg)(ac, batch)
+    assert "value_loss" not in s and torch.isfinite(loss)
+    cfg.whiten_advantages = True
+    result = train_ppo(cfg)
+    assert result["steps"] == 2 and (tmp_path / "g" / "model").is_dir()
+    cfg.group_size = 3  # must divide rollout_batch (4)
+    with pytest.raises(ValueError, match="group_size"):
+        train_ppo(cfg)
+
+
 def test_resume_reproduces_the_next_step_exactly(tmp_path):
     from safetensors.torch import load_file
 

@@ -53,14 +53,15 @@ PRESET_CONFIGS: dict[str, dict[str, dict]] = {
         # the preference demo (measured in BENCHMARKS.md): temperature 0.7, as 1.0 samples drift into gibberish
         "sample": {"n_prompts": 96, "heldout_prompts": 32, "k": 4, "temperature": 0.7, "max_new_tokens": 48},
         "reward": {"max_len": 128, "epochs": 2, "freeze_fraction": 0.67,
-                   "train": {"lr": 3e-5, "micro_batch_size": 8, "warmup_steps": 2, "max_steps": 12}},
-        # PPO: two passes of two minibatches over each step's 16 rollouts. One update a step at lr 2e-5
-        # moved the demo's checker 9.8 points in 16 steps; four at lr 4e-5, 44 points (BENCHMARKS.md)
-        "ppo": {"max_new_tokens": 48, "temperature": 0.7, "rollout_batch": 16, "minibatch_size": 8, "ppo_epochs": 2,
-                "kl_coef": 0.02, "freeze_fraction": 0.67, "train": {"lr": 5e-5, "max_steps": 10, "micro_batch_size": 8}},
+                   "train": {"lr": 3e-5, "micro_batch_size": 8, "warmup_steps": 2, "max_steps": 8}},
+        # PPO: 4 prompts x 4 answers a step with the group baseline (no critic), two passes of two
+        # minibatches over them (BENCHMARKS.md, "The preference demo": the runs behind this choice)
+        "ppo": {"max_new_tokens": 48, "temperature": 0.7, "rollout_batch": 16, "baseline": "group", "group_size": 4,
+                "minibatch_size": 8, "ppo_epochs": 2, "kl_coef": 0.02, "freeze_fraction": 0.67,
+                "train": {"lr": 4e-5, "max_steps": 13, "micro_batch_size": 8}},
         "dpo": {"beta": 0.1, "max_len": 128, "epochs": 1, "freeze_fraction": 0.67,
-                "train": {"lr": 2e-5, "micro_batch_size": 4, "max_steps": 24, "warmup_steps": 2}},
-        "eval": {"n": 82, "kl_prompts": 32, "max_new_tokens": 48, "side_by_side": 4},
+                "train": {"lr": 2e-5, "micro_batch_size": 4, "max_steps": 16, "warmup_steps": 2}},
+        "eval": {"n": 82, "kl_prompts": 16, "max_new_tokens": 48, "side_by_side": 4},
     },
     "thorough": {
         "sft": {"epochs": 3, "max_steps": 400, "train": {"lr": 3e-5, "seq_len": 512, "micro_batch_size": 4,

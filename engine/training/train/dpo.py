@@ -225,17 +225,27 @@ def dpo_loss(beta: float, label_smoothing: float = 0.0) -> Callable[[nn.Module, 
 @torch.no_grad()
 def fill_reference_logprobs(ref: nn.Module, items: list[PairItem], pad_id: int, batch_size: int,
                             autocast: Callable[[], Any] | None = None) -> None:
-    """Score every pair once with the frozen reference; the sums are stored on the items."""
+    """Score every distinct answer once with the frozen reference; the sums are stored on the
+    items. K ranked answers to a prompt make up to K(K-1)/2 pairs of only K sequences."""
     ref.eval()
     dev = next(ref.parameters()).device
-    for s in range(0, len(items), batch_size):
-        chunk = items[s : s + batch_size]
-        b = collate_pairs(chunk, pad_id)
+    index: dict[tuple, int] = {}
+    for it in items:
+        for key in ((tuple(it.chosen), it.n_chosen), (tuple(it.rejected), it.n_rejected)):
+            index.setdefault(key, len(index))
+    seqs = list(index)
+    scores: list[float] = []
+    for s in range(0, len(seqs), 2 * batch_size):
+        chunk = seqs[s : s + 2 * batch_size]
+        ids, mask = pad_right([list(q) for q, _ in chunk], pad_id)
+        answer = torch.zeros_like(mask)
+        for i, (q, n) in enumerate(chunk):
+            answer[i, max(1, len(q) - n) : len(q)] = 1
         with autocast() if autocast else contextlib.nullcontext():
-            logp = sequence_logprobs(ref, b["input_ids"].to(dev), b["answer_mask"].to(dev)).float().cpu()
-        n = len(chunk)
-        for it, c, r in zip(chunk, logp[:n].tolist(), logp[n:].tolist()):
-            it.ref_chosen, it.ref_rejected = c, r
+            scores += sequence_logprobs(ref, ids.to(dev), answer.to(dev)).float().cpu().tolist()
+    for it in items:
+        it.ref_chosen = scores[index[(tuple(it.chosen), it.n_chosen)]]
+        it.ref_rejected = scores[index[(tuple(it.rejected), it.n_rejected)]]
 
 
 @torch.no_grad()
@@ -351,11 +361,11 @@ def train_dpo(cfg: DPOConfig, resume: bool | str = False, comparisons: Sequence[
         print(f"dpo: {len(train_items)} train / {len(held_items)} held-out pairs "
               f"({len(train_c)} / {len(held_c)} comparisons); scoring them with the reference")
     ref.to(trainer.device)
-    # held-out pairs in the very batches evaluate uses: the "before" numbers are then exactly log 2 and 0.5
     for items in (train_items, held_items):
         fill_reference_logprobs(ref, items, tok.pad_id, score_batch, trainer.autocast)
-    with trainer.autocast():
-        before = evaluate(ref)  # the starting policy is the reference: loss log 2, accuracy 0.5
+    # the starting policy is the reference: every margin is 0, so the loss is log 2 and the accuracy
+    # (a tie counts half) 0.5, whatever the smoothing; no pass over the held-out pairs is needed
+    before = {"heldout_loss": math.log(2), "heldout_accuracy": 0.5, "heldout_reward_margin": 0.0} if held_items else {}
     del ref
     if trainer.device.type == "cuda":
         torch.cuda.empty_cache()

@@ -7,6 +7,8 @@ Four models (InstructGPT, Ziegler et al. 2019):
 - the critic, initialised from the reward model (backbone + head, rescaled to normalised
   reward units) and read at every token, trained;
 - the reference (the SFT model) and the reward model, frozen.
+With `baseline: group` there is no critic: each prompt is answered group_size times and an
+answer's advantage is its KL-penalised reward minus the mean of the group's other answers' (RLOO).
 
 Each step: sample answers to a batch of prompts with the engine's batched generation; score
 them (the reward model at the end-of-turn token, minus a penalty when an answer never closed
@@ -63,10 +65,16 @@ class PPOConfig:
     model: str = ""  # the policy's starting point and the frozen reference (normally the SFT model)
     reward_model: str = ""  # a folder written by `chatfactory reward`
     critic: str = ""  # the value model's starting point (default: the reward model)
+    # "critic": GAE on a learned value model (InstructGPT). "group": no value model; each prompt is
+    # answered group_size times and an answer's advantage is its reward minus the mean of the
+    # others' (RLOO, Ahmadian et al. 2024), the KL penalty included: cheaper (no critic to run or
+    # train) and, with few samples and a noisy critic, a steadier signal.
+    baseline: str = "critic"
+    group_size: int = 4  # answers per prompt with baseline "group" (rollout_batch counts answers)
     tasks: str = "builtin"  # prompts from these built-in tasks (their checkers are logged) ...
     prompts: list[str] = field(default_factory=list)  # ... or from prompt files ({"prompt"|"messages"})
     n_prompts: int = 2000  # task prompts drawn (train split)
-    rollout_batch: int = 32  # prompts per PPO step (per process)
+    rollout_batch: int = 32  # answers per PPO step (per process): prompts, or prompts x group_size
     minibatch_size: int = 8  # rollouts per optimizer step
     ppo_epochs: int = 4  # passes over each step's rollouts
     # Early stop inside a step (as Stable-Baselines3's target_kl): once a minibatch's approx-KL to
@@ -104,7 +112,7 @@ class ActorCritic(nn.Module):
     """The two trained models behind one forward, so DDP syncs both (and the EMA rides along
     in the state dict, so checkpoints carry it)."""
 
-    def __init__(self, actor: GPT, critic: RewardModel, ema_decay: float | None = None):
+    def __init__(self, actor: GPT, critic: RewardModel | None, ema_decay: float | None = None):
         super().__init__()
         self.actor, self.critic = actor, critic
         self.ema = copy.deepcopy(actor).requires_grad_(False) if ema_decay else None
@@ -114,7 +122,7 @@ class ActorCritic(nn.Module):
         """Right-padded rows (real tokens first): causal attention alone keeps padding unseen.
         trunk: the shared frozen blocks' output for these ids (see shared_trunk)."""
         logits = self.actor(input_ids, trunk=trunk)
-        values = self.critic.values(input_ids, trunk=trunk)
+        values = self.critic.values(input_ids, trunk=trunk) if self.critic is not None else None
         ptx_loss = self.actor(ptx["input_ids"], ptx["targets"], doc_ids=ptx["doc_ids"]) if ptx else None
         return logits, values, ptx_loss
 
@@ -166,21 +174,21 @@ class PromptSampler:
 
 
 # ---- rollouts ----------------------------------------------------------------------------------------
-def shared_trunk(n: int, actor: GPT, ref: GPT, rm: RewardModel, critic: RewardModel) -> int:
+def shared_trunk(n: int, actor: GPT, ref: GPT, rm: RewardModel, critic: RewardModel | None) -> int:
     """n when the four models' embeddings and first n blocks are equal and frozen in the trained
     two, else 0. Then those blocks run once per rollout batch, and their output (the trunk) is
     kept for the updates: the common set-up where the reward model and PPO freeze the same lower
     blocks of one base model saves about a third of a PPO step's forward passes."""
     if n <= 0:
         return 0
-    models = [actor, ref, rm.backbone, critic.backbone]
+    models = [actor, ref, rm.backbone, *([critic.backbone] if critic is not None else [])]
 
     def lower(m: GPT) -> list[torch.Tensor]:
         mods = [m.embed, *([m.pos_embed] if hasattr(m, "pos_embed") else []), *m.layers[:n]]
         return [p for mod in mods for p in mod.parameters()]
 
     first = lower(actor)
-    if any(p.requires_grad for m in (actor, critic.backbone) for p in lower(m)):
+    if any(p.requires_grad for m in (actor, *models[3:]) for p in lower(m)):
         return 0
     if any(m.config.n_layer < n for m in models):
         return 0
@@ -202,7 +210,10 @@ def make_rollouts(
     from .sample import generate_answers
 
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
-    answers = [a[0] for a in generate_answers(ac.actor, tok, [p.prompt for p in prompts], params, 1, len(prompts))]
+    group = cfg.group_size if cfg.baseline == "group" else 1  # prompts come once per group; answers group by group
+    answers = [a for g in generate_answers(ac.actor, tok, [p.prompt for p in prompts], params, group,
+                                           len(prompts) * group) for a in g]
+    prompts = [p for p in prompts for _ in range(group)]
     seqs = [a.prompt_ids + a.tokens for a in answers]
     ids, mask = pad_right(seqs, tok.pad_id)
     device = next(ac.parameters()).device
@@ -218,12 +229,18 @@ def make_rollouts(
     logprobs = token_logprobs(logits[:, :-1], targets, cfg.temperature)
     ent = entropy(logits[:, :-1], cfg.temperature)
     ref_logprobs = token_logprobs(ref(ids, trunk=trunk)[:, :-1], targets, cfg.temperature)
-    values = values[:, :-1] * resp
     scores = rm.score(ids, mask, trunk)  # at the last real token: the <|im_end|> of a finished answer
     finished = torch.tensor([a.finished for a in answers], device=device)
     scores_used = scores - cfg.missing_eos_penalty * (~finished).float()
     rewards, kl = kl_shaped_rewards(scores_used, logprobs, ref_logprobs, resp, beta)
-    adv, returns = gae(rewards, values, resp, cfg.gamma, cfg.lam)
+    if values is None:  # the group baseline: every token of an answer gets its reward minus the others' mean
+        total = rewards.sum(1).view(-1, group)
+        others = (total.sum(1, keepdim=True) - total) / max(group - 1, 1)
+        adv = (total - others).view(-1, 1) * resp
+        values = returns = torch.zeros_like(adv)
+    else:
+        values = values[:, :-1] * resp
+        adv, returns = gae(rewards, values, resp, cfg.gamma, cfg.lam)
     if cfg.whiten_advantages:
         adv = whiten(adv, resp)
     batch = {"input_ids": ids, "resp": resp, "old_logprobs": logprobs, "old_values": values, "advantages": adv,
@@ -234,8 +251,9 @@ def make_rollouts(
         "reward": float(scores.mean()), "reward_with_penalty": float(scores_used.mean()),
         "kl": float(kl.sum(1).mean()), "entropy": float(masked_mean(ent, resp)),
         "response_length": float(resp.sum(1).float().mean()), "ended_cleanly": float(finished.float().mean()),
-        "explained_variance": explained_variance(values, returns, resp),
     }
+    if ac.critic is not None:
+        stats["explained_variance"] = explained_variance(values, returns, resp)
     if check is not None:  # always logged when there is a checker: every DDP rank reduces the same keys
         judged = [c for c in (check(p, a.text) for p, a in zip(prompts, answers)) if c is not None]
         stats["checker"] = sum(map(bool, judged)) / len(judged) if judged else float("nan")
@@ -249,10 +267,12 @@ def ppo_loss(cfg: PPOConfig, shared: int = 0):
         targets, m = mb["input_ids"][:, 1:], mb["resp"]
         logprobs = token_logprobs(logits[:, :-1], targets, cfg.temperature)
         pg = policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], m, cfg.clip)
-        vf, vf_frac = value_loss(values[:, :-1], mb["old_values"], mb["returns"], m, cfg.vf_clip)
-        loss = pg.loss + cfg.vf_coef * vf
-        stats = {"policy_loss": float(pg.loss.detach()), "value_loss": float(vf.detach()), "clip_frac": float(pg.clip_frac),
-                 "approx_kl": float(pg.approx_kl), "value_clip_frac": float(vf_frac)}
+        loss = pg.loss
+        stats = {"policy_loss": float(pg.loss.detach()), "clip_frac": float(pg.clip_frac), "approx_kl": float(pg.approx_kl)}
+        if values is not None:
+            vf, vf_frac = value_loss(values[:, :-1], mb["old_values"], mb["returns"], m, cfg.vf_clip)
+            loss = loss + cfg.vf_coef * vf
+            stats.update(value_loss=float(vf.detach()), value_clip_frac=float(vf_frac))
         if ptx_loss is not None:
             loss = loss + cfg.ptx_coef * ptx_loss
             stats["ptx_loss"] = float(ptx_loss.detach())
@@ -285,15 +305,18 @@ def build_models(cfg: PPOConfig, device: str | torch.device = "cpu"):
     ref = load(cfg.model, device=device).model.eval().requires_grad_(False)
     rm, rm_tok, _ = load_reward_model(cfg.reward_model, device=device)
     rm.requires_grad_(False)
-    critic, _, _ = load_reward_model(cfg.critic or cfg.reward_model, device=device)
     if rm_tok.fingerprint() != policy.tokenizer.fingerprint():
         raise ValueError(f"ppo: the reward model {cfg.reward_model} uses a different tokenizer from {cfg.model}")
-    with torch.no_grad():  # the critic starts out predicting the *normalised* reward
-        critic.head.weight.div_(critic.std)
-        critic.head.bias.sub_(critic.mean).div_(critic.std)
-        critic.set_normalisation(0.0, 1.0)
+    critic = None
+    if cfg.baseline == "critic":
+        critic, _, _ = load_reward_model(cfg.critic or cfg.reward_model, device=device)
+        with torch.no_grad():  # the critic starts out predicting the *normalised* reward
+            critic.head.weight.div_(critic.std)
+            critic.head.bias.sub_(critic.mean).div_(critic.std)
+            critic.set_normalisation(0.0, 1.0)
     for m in (policy.model, ref, critic):
-        disable_dropout(m)
+        if m is not None:
+            disable_dropout(m)
     return policy.model, policy.tokenizer, ref, rm, critic
 
 
@@ -337,6 +360,12 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
 
     tcfg = cfg.train
     out_dir = Path(cfg.out_dir)
+    if cfg.baseline not in ("critic", "group"):
+        raise ValueError(f"ppo: baseline must be 'critic' or 'group', got {cfg.baseline!r}")
+    group = cfg.group_size if cfg.baseline == "group" else 1
+    if cfg.baseline == "group" and (group < 2 or cfg.rollout_batch % group):
+        raise ValueError(f"ppo: the group baseline needs group_size >= 2 dividing rollout_batch "
+                         f"(got group_size={group}, rollout_batch={cfg.rollout_batch})")
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
     dinfo = setup_distributed(tcfg.device)
@@ -346,7 +375,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
         from .reward import freeze_bottom
 
         freeze_bottom(actor, cfg.freeze_layers)
-        freeze_bottom(critic.backbone, cfg.freeze_layers)
+        if critic is not None:
+            freeze_bottom(critic.backbone, cfg.freeze_layers)
     shared = shared_trunk(cfg.freeze_layers, actor, ref, rm, critic)
     prompts = load_prompts(cfg, tcfg.seed)
     check = checker_for(prompts)
@@ -383,7 +413,8 @@ def train_ppo(cfg: PPOConfig, resume: bool = False) -> dict[str, Any]:
         while not (stop := trainer._agree_stop(step_time)):
             t0 = time.perf_counter()
             step = trainer.step
-            idx = sampler.take(cfg.rollout_batch * world)[rank * cfg.rollout_batch : (rank + 1) * cfg.rollout_batch]
+            per = cfg.rollout_batch // group  # prompts per process; each answered `group` times
+            idx = sampler.take(per * world)[rank * per : (rank + 1) * per]
             batch, stats, _ = make_rollouts(
                 ac, ref, rm, tok, [prompts[i] for i in idx], cfg, kl.beta,
                 seed=tcfg.seed * 1_000_003 + step * 101 + rank, check=check, shared=shared,
@@ -473,7 +504,9 @@ FLAGS = {
     "--prompts": ("prompts", "prompt files instead of tasks", {"nargs": "+"}),
     "--kl-coef": ("kl_coef", "KL penalty coefficient beta"),
     "--kl-target": ("kl_target", "adaptive KL: target nats per answer"),
-    "--rollout-batch": ("rollout_batch", "prompts per PPO step"),
+    "--rollout-batch": ("rollout_batch", "answers per PPO step"),
+    "--baseline": ("baseline", "'critic' (GAE on a value model) or 'group' (each prompt answered --group-size times)"),
+    "--group-size": ("group_size", "answers per prompt with --baseline group"),
     "--ppo-epochs": ("ppo_epochs", "passes over each step's rollouts"),
     "--max-update-kl": ("max_update_kl", "skip a step's remaining updates once approx-KL exceeds this"),
     "--max-new-tokens": ("max_new_tokens", "answer length limit"),
