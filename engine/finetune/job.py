@@ -60,7 +60,7 @@ PRESET_CONFIGS: dict[str, dict[str, dict]] = {
                 "minibatch_size": 8, "ppo_epochs": 2, "kl_coef": 0.02, "freeze_fraction": 0.67,
                 "train": {"lr": 4e-5, "max_steps": 13, "micro_batch_size": 8}},
         "dpo": {"beta": 0.1, "max_len": 128, "epochs": 1, "freeze_fraction": 0.67,
-                "train": {"lr": 2e-5, "micro_batch_size": 4, "max_steps": 16, "warmup_steps": 2}},
+                "train": {"lr": 2e-5, "micro_batch_size": 4, "max_steps": 12, "warmup_steps": 2}},
         "eval": {"n": 82, "kl_prompts": 16, "max_new_tokens": 48, "side_by_side": 4},
     },
     "thorough": {
