@@ -143,8 +143,10 @@ def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens
             gen = steps * c["rollout_batch"] * c["max_new_tokens"]
             tokens = steps * c["rollout_batch"] * (c["max_new_tokens"] + 40)
             trained += tokens * c["ppo_epochs"]
-            # rollouts sampled token by token; actor and critic trained ppo_epochs times; reference and reward scored
-            stages[name] = 2 * n * gen / sample_rate + 2 * 6 * n * tokens * c["ppo_epochs"] / train_rate \
+            # rollouts sampled token by token; the actor (and a critic) trained ppo_epochs times; reference and
+            # reward model scored
+            trained_models = 1 if c.get("baseline") == "group" else 2
+            stages[name] = 2 * n * gen / sample_rate + trained_models * 6 * n * tokens * c["ppo_epochs"] / train_rate \
                 + 2 * 2 * n * tokens / train_rate
         elif name == "eval":
             e = p["eval"]
