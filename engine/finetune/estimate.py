@@ -20,8 +20,11 @@ from engine.paths import atomic_writer
 from .job import DEMO, PRESET_CONFIGS, JobSpec, jobs_root, scratch_preset, stage_names
 
 # share of the matmul peak reached by each kind of work, measured on the 2-core CPU with
-# SmolLM2-135M (BENCHMARKS.md, "Fine-tuning"); replaced by calibration.json once a job ran
-DEFAULT_EFFICIENCY = {"train": 0.35, "sample": 0.05, "fixed_s": 25.0, "scale": 1.0}
+# SmolLM2-135M (BENCHMARKS.md, "Fine-tuning"): sampling 24,576 tokens took the preference demo's
+# sample stage 181 s at a 66 GFLOP/s peak (0.55; PPO's batches of 16 do worse, hence 0.4); SFT ran at
+# 75 % MFU, frozen blocks and short sequences do worse (0.5).
+# Replaced by calibration.json once a job ran.
+DEFAULT_EFFICIENCY = {"train": 0.5, "sample": 0.4, "fixed_s": 25.0, "scale": 1.0}
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,6 +99,12 @@ def parameters(spec: JobSpec) -> int:
     return read_gguf_info(path).parameters
 
 
+def _train_flops(c: dict) -> float:
+    """FLOPs per parameter and token of a training step: 6 (forward 2, backward 4), less the
+    backward of the blocks a preset keeps frozen (freeze_fraction)."""
+    return 2 + 4 * (1 - c.get("freeze_fraction", 0.0))
+
+
 def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens: int = 200,
              scaled: bool = True) -> dict:
     """{"seconds": total, "stages": {name: seconds}, "tokens": trained tokens} for a job over this
@@ -137,7 +146,7 @@ def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens
                 seqs = min(seqs, cap * c["train"]["micro_batch_size"] * 2)
             tokens = seqs * min(avg_tokens, c.get("max_len", 256))
             trained += tokens
-            stages[name] = (6 + (2 if name == "dpo" else 0)) * n * tokens / train_rate
+            stages[name] = (_train_flops(c) + (2 if name == "dpo" else 0)) * n * tokens / train_rate
         elif name == "ppo":
             steps = cap or 10
             gen = steps * c["rollout_batch"] * c["max_new_tokens"]
@@ -146,7 +155,8 @@ def estimate(spec: JobSpec, n_conversations: int, n_comparisons: int, avg_tokens
             # rollouts sampled token by token; the actor (and a critic) trained ppo_epochs times; reference and
             # reward model scored
             trained_models = 1 if c.get("baseline") == "group" else 2
-            stages[name] = 2 * n * gen / sample_rate + trained_models * 6 * n * tokens * c["ppo_epochs"] / train_rate \
+            stages[name] = 2 * n * gen / sample_rate \
+                + trained_models * _train_flops(c) * n * tokens * c["ppo_epochs"] / train_rate \
                 + 2 * 2 * n * tokens / train_rate
         elif name == "eval":
             e = p["eval"]
