@@ -74,10 +74,11 @@ def parameters(spec: JobSpec) -> int:
         from engine.training import pipeline
         from engine.training.train.config import read_yaml
 
-        section = pipeline.load_pipeline_config(preset)["pretrain"]
+        cfg = pipeline.load_pipeline_config(preset)
+        section = cfg["pretrain"]
         model = read_yaml(pipeline.PRESET_DIR.parent / f"{section.get('base', 'tiny')}.yaml").get("model", {})
         model = {**model, **section.get("model", {})}
-        vocab = pipeline.load_pipeline_config(preset)["tokenizer"].get("tokenizer", {}).get("vocab_size", 1024)
+        vocab = cfg["tokenizer"].get("tokenizer", {}).get("vocab_size", 1024)
         d, layers = model.get("d_model", 128), model.get("n_layer", 4)
         ff = model.get("d_ff") or 4 * d
         return layers * (4 * d * d + 3 * d * ff) + vocab * d

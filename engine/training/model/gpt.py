@@ -69,6 +69,14 @@ class KVCache:
         self._rows += n
         self._set_views()
 
+    def keep_rows(self, keep: torch.Tensor) -> None:
+        """Keep only the rows in `keep` (indices into the current rows), copying their keys and
+        values; the spare rows go (generation drops the rows that finished)."""
+        self._k, self._v = self._k[:, keep], self._v[:, keep]
+        self._valid = self._valid[keep]
+        self._rows = len(keep)
+        self._set_views()
+
     def reserve(self, n: int, valid: torch.Tensor | None) -> None:
         """Called once per forward before the layers write `n` new positions."""
         if self.pos + n > self.max_len:

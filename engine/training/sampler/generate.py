@@ -96,16 +96,9 @@ def generate(
             break
         if int(done.sum()) * 4 >= len(rows):  # a quarter of the batch has finished: stop computing those rows
             keep = (~done).nonzero().flatten()
-            _keep_rows(cache, keep)
+            cache.keep_rows(keep)
             rows, tok, next_pos, done = rows[keep], tok[keep], next_pos[keep], done[keep]
         logits = model(tok[:, None], position_ids=next_pos[:, None], kv_cache=cache)[:, -1]
         next_pos = next_pos + 1
     return out
 
-
-def _keep_rows(cache, keep: torch.Tensor) -> None:
-    """Shrink a KV cache to the rows in `keep`, copying their keys and values."""
-    cache._k, cache._v = cache._k[:, keep], cache._v[:, keep]
-    cache._valid = cache._valid[keep]
-    cache._rows = len(keep)
-    cache._set_views()
